@@ -1,0 +1,6 @@
+//! Logic shared by Tollgate's filters. No proxy-wasm dependency: everything
+//! here is tested natively and on wasm32-wasip1.
+
+pub mod config;
+pub mod errors;
+pub mod request;
