@@ -1,0 +1,114 @@
+"""`make bench`: POST chat completions at fixed concurrency against the mock
+directly, plain Envoy, Envoy with each filter alone and with all filters.
+Cases are interleaved and repeated so drift hits every target alike; the
+report gives medians and ratios to plain Envoy, not absolute verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from harness import start_gateway  # noqa: E402
+
+BODY = json.dumps({"model": "llama-70b", "max_tokens": 16,
+                   "messages": [{"role": "user", "content": "Summarise the benefits of an AI gateway in one line."}]})
+# Every target serves the same backend: the tier header routes to vllm-70b
+# without the router, the body's model does with it.
+HEADERS = ["content-type: application/json", "x-model-tier: quality"]
+GATEWAYS = {"plain Envoy": "none", "router": "router", "meter": "meter", "guard": "guard",
+            "all filters": "all"}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(oha: str, url: str, concurrency: int, seconds: int, pid: int) -> dict:
+    before = cpu_seconds(pid)
+    command = [oha, "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", str(concurrency),
+               "-m", "POST", "-d", BODY]
+    for header in HEADERS:
+        command += ["-H", header]
+    out = subprocess.run(command + [f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True)
+    cpu = cpu_seconds(pid) - before
+    result = json.loads(out.stdout)
+    statuses = result.get("statusCodeDistribution", {})
+    ok = statuses.get("200", 0)
+    total = sum(statuses.values())
+    return {
+        "rps": ok / seconds,
+        "p50_ms": result["latencyPercentiles"]["p50"] * 1000,
+        "p99_ms": result["latencyPercentiles"]["p99"] * 1000,
+        "cpu_us_per_req": cpu / max(total, 1) * 1e6,
+        "errors": total - ok,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--oha", default=".tools/bin/oha")
+    parser.add_argument("--out", default="bench-results.md")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", default="1,16,64")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    gateways = {}
+    try:
+        for label, filters in GATEWAYS.items():
+            gateways[label] = start_gateway(work / filters, filters=filters)
+        targets = {"mock direct": (gateways["plain Envoy"].backend_url("vllm-70b"),
+                                   gateways["plain Envoy"].state["pids"]["vllm-70b"])}
+        for label, gw in gateways.items():
+            targets[label] = (gw.url, gw.state["envoy_pid"])
+
+        samples: dict[tuple[str, int], list[dict]] = {}
+        for round_number in range(args.rounds):
+            for concurrency in levels:
+                for label, (url, pid) in targets.items():
+                    sample = load(args.oha, url, concurrency, args.seconds, pid)
+                    samples.setdefault((label, concurrency), []).append(sample)
+                    print(f"round {round_number + 1} c={concurrency:<3} {label:<12} "
+                          f"{sample['rps']:>9.0f} rps  p50 {sample['p50_ms']:.2f} ms  "
+                          f"p99 {sample['p99_ms']:.2f} ms  errors {sample['errors']}", flush=True)
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+
+    def median(label, concurrency, key):
+        return statistics.median(s[key] for s in samples[(label, concurrency)])
+
+    lines = [
+        f"Chat completion POSTs, {args.seconds} s per case, {args.rounds} interleaved rounds, medians; "
+        f"Envoy with 2 worker threads; load generator oha on the same 2-core machine. "
+        "CPU is the server process's (mock for 'mock direct', Envoy otherwise) user+system time per request.",
+        "",
+        "| target | concurrency | RPS | p50 ms | p99 ms | RPS vs plain Envoy | server CPU µs/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for concurrency in levels:
+        base = median("plain Envoy", concurrency, "rps")
+        for label in targets:
+            rps = median(label, concurrency, "rps")
+            errors = sum(s["errors"] for s in samples[(label, concurrency)])
+            lines.append(f"| {label} | {concurrency} | {rps:,.0f} | {median(label, concurrency, 'p50_ms'):.2f} | "
+                         f"{median(label, concurrency, 'p99_ms'):.2f} | {rps / base:.2f}× | "
+                         f"{median(label, concurrency, 'cpu_us_per_req'):.0f} | {errors} |")
+    report = "\n".join(lines) + "\n"
+    Path(args.out).write_text(report)
+    print("\n" + report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
