@@ -3,6 +3,7 @@
 //! so the shipped `envoy/*.yaml` can be checked against it.
 
 use crate::config::{Backend, Endpoint, GatewayConfig, Provider};
+use crate::telemetry;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -97,7 +98,7 @@ pub fn render(config: &GatewayConfig, options: &RenderOptions<'_>) -> Result<Val
                         "codec_type": "AUTO",
                         "route_config": route_config(config),
                         "http_filters": http_filters,
-                        "access_log": [access_log()],
+                        "access_log": [telemetry::access_log()],
                     }
                 }]}]
             }],
@@ -246,31 +247,6 @@ fn route_config(config: &GatewayConfig) -> Value {
             },
             "routes": routes
         }]
-    })
-}
-
-fn access_log() -> Value {
-    let format: BTreeMap<&str, &str> = [
-        ("start_time", "%START_TIME%"),
-        ("method", "%REQ(:METHOD)%"),
-        ("path", "%REQ(:PATH)%"),
-        ("status", "%RESPONSE_CODE%"),
-        ("flags", "%RESPONSE_FLAGS%"),
-        ("duration_ms", "%DURATION%"),
-        ("model", "%REQ(X-AI-MODEL)%"),
-        ("tier", "%REQ(X-MODEL-TIER)%"),
-        ("cluster", "%UPSTREAM_CLUSTER%"),
-        ("upstream", "%UPSTREAM_HOST%"),
-        ("attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
-    ]
-    .into_iter()
-    .collect();
-    json!({
-        "name": "envoy.access_loggers.stdout",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-            "log_format": {"json_format": format}
-        }
     })
 }
 

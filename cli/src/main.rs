@@ -10,6 +10,7 @@
 mod bootstrap;
 mod config;
 mod run;
+mod telemetry;
 
 use anyhow::Result;
 use bootstrap::Filter;
