@@ -2,7 +2,8 @@
 //! pure function: the same config and options always give the same bootstrap,
 //! so the shipped `envoy/*.yaml` can be checked against it.
 
-use crate::config::{Backend, Endpoint, GatewayConfig, Provider};
+use crate::config::{Endpoint, GatewayConfig, Provider};
+use tollgate_router::config::{ModelGroup, Routing};
 use crate::telemetry;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -60,32 +61,49 @@ pub struct RenderOptions<'a> {
 const ROUTER_UPSTREAM_ROOT_ID: &str = "tollgate.router.upstream";
 
 pub fn render(config: &GatewayConfig, options: &RenderOptions<'_>) -> Result<Value> {
+    let routing = config.routing()?;
+    let router_config = config.router_config()?;
+    let key_variables = config.key_variables();
+    let plugin = |filter: Filter, root_id: &str, filter_config: &Value| Plugin {
+        filter,
+        root_id: root_id.to_string(),
+        config: filter_config.clone(),
+        wasm_dir: options.wasm_dir,
+        env_keys: if filter == Filter::Router { key_variables.clone() } else { Vec::new() },
+    };
     let mut http_filters = Vec::new();
     for &filter in options.filters {
         let filter_config = match filter {
-            Filter::Router => &config.filters.router,
-            Filter::Meter => &config.filters.meter,
-            Filter::Guard => &config.filters.guard,
+            Filter::Router => config.filters.router.as_ref().map(|_| &router_config),
+            Filter::Meter => config.filters.meter.as_ref(),
+            Filter::Guard => config.filters.guard.as_ref(),
         };
         let Some(filter_config) = filter_config else {
             bail!("filter `{}` is requested but has no entry under `filters:`", filter.name());
         };
-        http_filters.push(wasm_filter(filter, &filter.root_id(), filter_config, options.wasm_dir));
+        http_filters.push(plugin(filter, &filter.root_id(), filter_config).render());
     }
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
 
-    let per_attempt_router = options.filters.contains(&Filter::Router);
-    let clusters = config
-        .backends
-        .iter()
-        .map(|backend| cluster(backend, options, per_attempt_router))
-        .collect::<Result<Vec<_>>>()?;
+    let upstream_filters = upstream_filters(options.filters.contains(&Filter::Router).then(|| {
+        plugin(Filter::Router, ROUTER_UPSTREAM_ROOT_ID, &router_config)
+    }));
+    let mut clusters = Vec::new();
+    for backend in &config.backends {
+        clusters.push(cluster(&backend.name, &[backend.name.as_str()], config, options, &upstream_filters)?);
+    }
+    for (_, group, primary, name) in group_routes(&routing) {
+        let order = routing.attempt_order(group, primary);
+        let order: Vec<&str> = order.iter().map(String::as_str).collect();
+        clusters.push(cluster(&name, &order, config, options, &upstream_filters)?);
+    }
 
     Ok(json!({
         "admin": {"address": socket_address(options.admin)?},
+        "stats_config": telemetry::stats_config(),
         "static_resources": {
             "listeners": [{
                 "name": "tollgate",
@@ -96,7 +114,7 @@ pub fn render(config: &GatewayConfig, options: &RenderOptions<'_>) -> Result<Val
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "tollgate",
                         "codec_type": "AUTO",
-                        "route_config": route_config(config),
+                        "route_config": route_config(config, &routing)?,
                         "http_filters": http_filters,
                         "access_log": [telemetry::access_log()],
                     }
@@ -113,115 +131,225 @@ fn socket_address(address: &str) -> Result<Value> {
     Ok(json!({"socket_address": {"address": host, "port_value": port}}))
 }
 
-fn wasm_filter(filter: Filter, root_id: &str, config: &Value, wasm_dir: &Path) -> Value {
-    let mut plugin = json!({
-        "name": root_id,
-        "root_id": root_id,
-        "vm_config": {
-            // One VM per module and worker, shared by the module's roots.
-            "vm_id": filter.root_id(),
-            "runtime": "envoy.wasm.runtime.v8",
-            "code": {"local": {"filename": wasm_dir.join(filter.wasm_file()).display().to_string()}}
-        },
-        "configuration": {
-            "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": config.to_string()
-        },
-        "fail_open": false
-    });
-    if filter == Filter::Router && root_id != ROUTER_UPSTREAM_ROOT_ID {
-        // Without this Envoy turns the router's Pause on request headers into
-        // stop-all-iteration and never delivers the body it routes on.
-        plugin["allow_on_headers_stop_iteration"] = json!(true);
-    }
-    json!({
-        "name": root_id,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": plugin
-        }
-    })
+/// One wasm plugin of the chain (or of a cluster's upstream filters).
+struct Plugin<'a> {
+    filter: Filter,
+    root_id: String,
+    config: Value,
+    wasm_dir: &'a Path,
+    /// Environment variables the VM may read (the backends' keys): only
+    /// their names enter the configuration.
+    env_keys: Vec<String>,
 }
 
-fn cluster(backend: &Backend, options: &RenderOptions<'_>, per_attempt_router: bool) -> Result<Value> {
-    let endpoint = Endpoint::parse(&backend.url)?;
-    let port = options.backend_ports.get(&backend.name).copied().unwrap_or(endpoint.port);
-    let mut upstream_filters = Vec::new();
-    if per_attempt_router {
+impl Plugin<'_> {
+    fn render(&self) -> Value {
+        let mut vm_config = json!({
+            // One VM per module and worker, shared by the module's roots (and
+            // so is the router's shared data: backend load, latency, cool-down).
+            "vm_id": self.filter.root_id(),
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": self.wasm_dir.join(self.filter.wasm_file()).display().to_string()}}
+        });
+        if !self.env_keys.is_empty() {
+            vm_config["environment_variables"] = json!({"host_env_keys": self.env_keys});
+        }
+        let mut plugin = json!({
+            "name": self.root_id,
+            "root_id": self.root_id,
+            "vm_config": vm_config,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": self.config.to_string()
+            },
+            "fail_open": false
+        });
+        if self.filter == Filter::Router {
+            // Both router roots pause request headers until the body is here
+            // (to route on it downstream, to rewrite it per attempt upstream);
+            // without this Envoy turns that pause into stop-all-iteration and
+            // never delivers the body.
+            plugin["allow_on_headers_stop_iteration"] = json!(true);
+        }
+        if self.filter == Filter::Meter {
+            // The meter holds request headers until the body is read (it may
+            // add stream_options.include_usage) and non-streamed response
+            // headers until the body is (usage headers).
+            plugin["allow_on_headers_stop_iteration"] = json!(true);
+        }
+        json!({
+            "name": self.root_id,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": plugin
+            }
+        })
+    }
+}
+
+/// Filters every upstream attempt goes through: the router's per-attempt half
+/// (when the router is installed), then the codec.
+fn upstream_filters(router: Option<Plugin<'_>>) -> Vec<Value> {
+    let mut filters = Vec::new();
+    if let Some(router) = router {
         // Runs once per attempt, after Envoy picked the host, so a retry or a
         // fallback to another backend is rewritten for the backend it reaches.
-        let empty = json!({});
-        upstream_filters.push(wasm_filter(Filter::Router, ROUTER_UPSTREAM_ROOT_ID, &empty, options.wasm_dir));
+        filters.push(router.render());
     }
-    upstream_filters.push(json!({
+    filters.push(json!({
         "name": "envoy.filters.http.upstream_codec",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}
     }));
+    filters
+}
+
+/// Every (model group, primary backend) the router can decide on, with the
+/// name of the cluster that tries the primary first and then the group's
+/// fallback order. Group names may hold dots, which Envoy's stat tags would
+/// cut at, so they become underscores in cluster names.
+fn group_routes(routing: &Routing) -> Vec<(String, &ModelGroup, &str, String)> {
+    let mut routes = Vec::new();
+    let mut groups: Vec<&ModelGroup> = routing.groups.values().collect();
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    for group in groups {
+        for target in &group.targets {
+            let cluster = format!("{}~{}", group.name.replace('.', "_"), target.backend);
+            routes.push((group.name.clone(), group, target.backend.as_str(), cluster));
+        }
+    }
+    routes
+}
+
+/// A cluster trying `order`'s backends in priority order (one priority each):
+/// Envoy's retries move to the next priority (`previous_priorities`), and a
+/// priority whose endpoints fail health checks or are ejected hands its
+/// traffic on. Each endpoint names its backend in its metadata, which the
+/// router's per-attempt half reads to know where an attempt landed.
+fn cluster(name: &str, order: &[&str], config: &GatewayConfig, options: &RenderOptions<'_>, upstream_filters: &[Value]) -> Result<Value> {
+    let mut priorities = Vec::new();
+    let mut health_check_path = None;
+    let mut tls_hosts: Vec<String> = Vec::new();
+    let mut all_ip_literals = true;
+    for (priority, backend_name) in order.iter().enumerate() {
+        let backend = config.backend(backend_name).with_context(|| format!("unknown backend `{backend_name}`"))?;
+        let endpoint = Endpoint::parse(&backend.url)?;
+        let port = options.backend_ports.get(&backend.name).copied().unwrap_or(endpoint.port);
+        all_ip_literals &= endpoint.host.parse::<std::net::IpAddr>().is_ok();
+        let mut metadata = json!({"tollgate": {
+            "backend": backend.name,
+            "provider": match backend.provider { Provider::Openai => "openai", Provider::Anthropic => "anthropic" }
+        }});
+        if endpoint.tls {
+            // A chain may mix plain and TLS backends (vLLM falling back to
+            // OpenAI): each TLS endpoint selects its own TLS context by SNI.
+            metadata["envoy.transport_socket_match"] = json!({"sni": endpoint.host});
+            if !tls_hosts.contains(&endpoint.host) {
+                tls_hosts.push(endpoint.host.clone());
+            }
+        }
+        if priority == 0 {
+            health_check_path = backend.health_check_path.clone();
+        }
+        priorities.push(json!({
+            "priority": priority,
+            "lb_endpoints": [{
+                "endpoint": {"address": {"socket_address": {"address": endpoint.host, "port_value": port}}},
+                "metadata": {"filter_metadata": metadata}
+            }]
+        }));
+    }
     let mut cluster = json!({
-        // Cluster = backend name (dot-free, see config validation).
-        "name": backend.name,
-        "type": "STRICT_DNS",
-        "dns_lookup_family": "V4_PREFERRED",
+        "name": name,
         "connect_timeout": "5s",
-        "load_assignment": {
-            "cluster_name": backend.name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": endpoint.host, "port_value": port}
-            }}}]}]
-        },
+        "load_assignment": {"cluster_name": name, "endpoints": priorities},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": upstream_filters
             }
-        },
-        "metadata": {"filter_metadata": {"tollgate": {
-            "backend": backend.name,
-            "provider": match backend.provider { Provider::Openai => "openai", Provider::Anthropic => "anthropic" }
-        }}}
+        }
+        // Passive health is the router's cool-down (it covers 429s too and is
+        // shared across workers), not Envoy's outlier detection.
     });
-    if endpoint.tls {
-        cluster["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": endpoint.host
-            }
-        });
+    // STATIC where every endpoint is an IP: with STRICT_DNS and active health
+    // checks, Envoy 1.40 stopped moving retries down the priorities of a
+    // chain whose endpoints share an IP (seen in tests with local mocks).
+    if all_ip_literals {
+        cluster["type"] = json!("STATIC");
+    } else {
+        cluster["type"] = json!("STRICT_DNS");
+        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    if let Some(path) = health_check_path {
+        cluster["health_checks"] = json!([{
+            "timeout": "2s",
+            "interval": format!("{}s", config.health_check.interval_seconds),
+            "unhealthy_threshold": config.health_check.unhealthy_threshold,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": path}
+        }]);
+    }
+    if !tls_hosts.is_empty() {
+        cluster["transport_socket_matches"] = tls_hosts
+            .iter()
+            .map(|host| {
+                json!({
+                    "name": format!("tls-{host}"),
+                    "match": {"sni": host},
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                            "sni": host
+                        }
+                    }
+                })
+            })
+            .collect();
     }
     Ok(cluster)
 }
 
-fn route_to(config: &GatewayConfig, backend: &str) -> Value {
-    let timeout_ms = config.backend(backend).map_or(60_000, |b| b.timeout_ms);
-    json!({"cluster": backend, "timeout": format!("{}s", timeout_ms as f64 / 1000.0)})
+fn timeout(config: &GatewayConfig, backend: &str) -> String {
+    let ms = config.backend(backend).map_or(60_000, |b| b.timeout_ms);
+    format!("{}s", ms as f64 / 1000.0)
 }
 
-fn header_route(name: &str, header: &str, value: &str, action: Value) -> Value {
-    json!({
-        "name": name,
-        "match": {"prefix": "/", "headers": [{"name": header, "string_match": {"exact": value}}]},
-        "route": action
-    })
+fn header_match(name: &str, value: &str) -> Value {
+    json!({"name": name, "string_match": {"exact": value}})
 }
 
-fn route_config(config: &GatewayConfig) -> Value {
+fn route_config(config: &GatewayConfig, routing: &Routing) -> Result<Value> {
     let mut routes = Vec::new();
-    // An explicit model wins over a tier, a tier over the default split.
-    for (model, backend) in &config.models {
-        routes.push(header_route(&format!("model.{model}"), "x-ai-model", model, route_to(config, backend)));
+    // The router's decisions first: model group and chosen backend.
+    for (group, _, primary, cluster) in group_routes(routing) {
+        routes.push(json!({
+            "name": format!("model.{group}.{primary}"),
+            "match": {"prefix": "/", "headers": [header_match("x-ai-model", &group), header_match("x-ai-backend", primary)]},
+            "route": {"cluster": cluster, "timeout": timeout(config, primary)}
+        }));
     }
-    for (tier, backend) in &config.tiers {
-        routes.push(header_route(&format!("tier.{tier}"), "x-model-tier", tier, route_to(config, backend)));
+    // Without the router (plain Envoy, or before it decides), the tier header
+    // alone picks the tier's backend.
+    let mut tiers: Vec<_> = routing.tiers.iter().collect();
+    tiers.sort_by(|a, b| a.0.cmp(b.0));
+    for (tier, settings) in tiers {
+        let backend = match &settings.backend {
+            Some(pinned) => pinned.clone(),
+            None => routing
+                .group(&settings.model)
+                .and_then(|g| g.targets.first())
+                .map(|t| t.backend.clone())
+                .with_context(|| format!("tiers.{tier}: model has no target"))?,
+        };
+        routes.push(json!({
+            "name": format!("tier.{tier}"),
+            "match": {"prefix": "/", "headers": [header_match("x-model-tier", tier)]},
+            "route": {"cluster": backend, "timeout": timeout(config, &backend)}
+        }));
     }
-    let timeout_ms = config
-        .default_route
-        .iter()
-        .filter_map(|w| config.backend(&w.backend))
-        .map(|b| b.timeout_ms)
-        .max()
-        .unwrap_or(60_000);
+    let slowest = config.default_route.iter().filter_map(|w| config.backend(&w.backend)).map(|b| b.timeout_ms).max().unwrap_or(60_000);
     routes.push(json!({
         "name": "default",
         "match": {"prefix": "/"},
@@ -229,10 +357,10 @@ fn route_config(config: &GatewayConfig) -> Value {
             "weighted_clusters": {"clusters": config.default_route.iter().map(|w| json!({
                 "name": w.backend, "weight": w.weight
             })).collect::<Vec<_>>()},
-            "timeout": format!("{}s", timeout_ms as f64 / 1000.0)
+            "timeout": format!("{}s", slowest as f64 / 1000.0)
         }
     }));
-    json!({
+    Ok(json!({
         "name": "tollgate",
         "virtual_hosts": [{
             "name": "tollgate",
@@ -243,11 +371,24 @@ fn route_config(config: &GatewayConfig) -> Value {
             "retry_policy": {
                 "retry_on": "connect-failure,refused-stream,reset,retriable-status-codes",
                 "retriable_status_codes": config.retry.on_status,
-                "num_retries": config.retry.num_retries
+                "num_retries": config.retry.num_retries,
+                // Each retry moves to the next backend of the fallback chain.
+                "retry_priority": {
+                    "name": "envoy.retry_priorities.previous_priorities",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                        "update_frequency": 1
+                    }
+                },
+                // A backend's retry-after is honoured, up to a bound.
+                "rate_limited_retry_back_off": {
+                    "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
+                    "max_interval": format!("{}s", config.retry.max_retry_after_seconds)
+                }
             },
             "routes": routes
         }]
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -258,12 +399,18 @@ mod tests {
         serde_yaml::from_str(
             "
 backends:
-  - {name: vllm-8b, provider: openai, url: 'http://127.0.0.1:8001', mock: true}
+  - {name: vllm-8b, provider: openai, url: 'http://127.0.0.1:8001', mock: true, health_check_path: /healthz}
   - {name: vllm-70b, provider: openai, url: 'http://127.0.0.1:8002', mock: true, timeout_ms: 1500}
-  - {name: openai, provider: openai, url: 'https://api.openai.com'}
-models: {gpt-4-turbo: openai}
-tiers: {fast: vllm-8b}
-default_route: [{backend: vllm-70b, weight: 90}, {backend: vllm-8b, weight: 10}]
+  - {name: nim-70b, provider: openai, url: 'http://127.0.0.1:8003', mock: true}
+  - {name: openai, provider: openai, url: 'https://api.openai.com', api_key_env: OPENAI_API_KEY}
+models:
+  llama-8b: {targets: [{backend: vllm-8b}]}
+  llama-3.1-70b:
+    targets: [{backend: vllm-70b, weight: 90}, {backend: nim-70b, weight: 10}]
+    fallbacks: [gpt-4-turbo]
+  gpt-4-turbo: {targets: [{backend: openai}]}
+tiers: {fast: {model: llama-8b}, quality: {model: llama-3.1-70b, backend: vllm-70b}}
+default_route: [{backend: vllm-70b, weight: 90}, {backend: nim-70b, weight: 10}]
 filters: {router: {max_body_bytes: 1000}, meter: {}}
 ",
         )
@@ -283,6 +430,26 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
         )
     }
 
+    fn cluster<'a>(bootstrap: &'a Value, name: &str) -> &'a Value {
+        bootstrap["static_resources"]["clusters"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+    }
+
+    fn endpoints(cluster: &Value) -> Vec<(u64, String, u64)> {
+        cluster["load_assignment"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let e = &p["lb_endpoints"][0];
+                (
+                    p["priority"].as_u64().unwrap(),
+                    e["metadata"]["filter_metadata"]["tollgate"]["backend"].as_str().unwrap().to_string(),
+                    e["endpoint"]["address"]["socket_address"]["port_value"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn filters_are_chained_in_order_before_the_router() {
         let b = render_with(&[Filter::Router, Filter::Meter], &BTreeMap::new()).unwrap();
@@ -291,9 +458,15 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
         assert_eq!(names, ["tollgate.router", "tollgate.meter", "envoy.filters.http.router"]);
         let router = &hcm["http_filters"][0]["typed_config"]["config"];
         assert_eq!(router["allow_on_headers_stop_iteration"], true);
-        assert_eq!(router["configuration"]["value"], r#"{"max_body_bytes":1000}"#);
         assert_eq!(router["vm_config"]["code"]["local"]["filename"], "/w/tollgate_router_wasm.wasm");
-        assert!(hcm["http_filters"][1]["typed_config"]["config"].get("allow_on_headers_stop_iteration").is_none());
+        assert_eq!(router["vm_config"]["environment_variables"]["host_env_keys"], json!(["OPENAI_API_KEY"]));
+        let router_json: Value = serde_json::from_str(router["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(router_json["max_body_bytes"], 1000);
+        assert_eq!(router_json["backends"]["openai"]["api_key_env"], "OPENAI_API_KEY");
+        assert_eq!(router_json["tiers"]["quality"]["backend"], "vllm-70b");
+        let meter = &hcm["http_filters"][1]["typed_config"]["config"];
+        assert_eq!(meter["allow_on_headers_stop_iteration"], true, "the meter holds headers for bodies");
+        assert!(meter["vm_config"].get("environment_variables").is_none(), "only the router sees keys");
     }
 
     #[test]
@@ -303,36 +476,65 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
     }
 
     #[test]
-    fn routes_go_model_then_tier_then_weighted_default() {
+    fn routes_go_router_decision_then_tier_then_weighted_default() {
         let b = render_with(&[], &BTreeMap::new()).unwrap();
         let vhost = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0];
         let routes = vhost["routes"].as_array().unwrap();
-        assert_eq!(routes[0]["match"]["headers"][0]["name"], "x-ai-model");
-        assert_eq!(routes[0]["route"]["cluster"], "openai");
-        assert_eq!(routes[1]["match"]["headers"][0]["string_match"]["exact"], "fast");
-        let split = &routes[2]["route"]["weighted_clusters"]["clusters"];
+        let names: Vec<_> = routes.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "model.gpt-4-turbo.openai",
+                "model.llama-3.1-70b.vllm-70b",
+                "model.llama-3.1-70b.nim-70b",
+                "model.llama-8b.vllm-8b",
+                "tier.fast",
+                "tier.quality",
+                "default"
+            ]
+        );
+        assert_eq!(routes[1]["match"]["headers"][1], json!({"name": "x-ai-backend", "string_match": {"exact": "vllm-70b"}}));
+        assert_eq!(routes[1]["route"], json!({"cluster": "llama-3_1-70b~vllm-70b", "timeout": "1.5s"}));
+        assert_eq!(routes[4]["route"]["cluster"], "vllm-8b", "a tier without a pin takes its model's first target");
+        assert_eq!(routes[5]["route"]["cluster"], "vllm-70b");
+        let split = &routes[6]["route"]["weighted_clusters"]["clusters"];
         assert_eq!(split[0], json!({"name": "vllm-70b", "weight": 90}));
-        assert_eq!(routes[2]["route"]["timeout"], "60s");
-        assert_eq!(vhost["retry_policy"]["retriable_status_codes"], json!([429, 500, 502, 503]));
+        let retry = &vhost["retry_policy"];
+        assert_eq!(retry["retriable_status_codes"], json!([429, 500, 502, 503]));
+        assert_eq!(retry["retry_priority"]["name"], "envoy.retry_priorities.previous_priorities");
+        assert_eq!(retry["rate_limited_retry_back_off"]["max_interval"], "10s");
     }
 
     #[test]
-    fn clusters_take_ephemeral_ports_tls_and_the_per_attempt_filter() {
-        let ports = BTreeMap::from([("vllm-8b".to_string(), 40123)]);
+    fn fallback_clusters_try_the_primary_then_the_group_then_fallbacks() {
+        let ports = BTreeMap::from([("vllm-70b".to_string(), 40123)]);
         let b = render_with(&[Filter::Router], &ports).unwrap();
-        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
-        let addr = |i: usize| clusters[i]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"].clone();
-        assert_eq!(addr(0)["port_value"], 40123);
-        assert_eq!(addr(1)["port_value"], 8002);
-        assert_eq!(addr(2), json!({"address": "api.openai.com", "port_value": 443}));
-        assert_eq!(clusters[2]["transport_socket"]["typed_config"]["sni"], "api.openai.com");
-        assert!(clusters[0].get("transport_socket").is_none());
-        let upstream = clusters[0]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"].as_array().unwrap();
+        assert_eq!(
+            endpoints(cluster(&b, "llama-3_1-70b~nim-70b")),
+            [(0, "nim-70b".into(), 8003), (1, "vllm-70b".into(), 40123), (2, "openai".into(), 443)]
+        );
+        assert_eq!(endpoints(cluster(&b, "vllm-8b")), [(0, "vllm-8b".into(), 8001)]);
+        let upstream = cluster(&b, "vllm-8b")["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"].clone();
         assert_eq!(upstream[0]["typed_config"]["config"]["root_id"], "tollgate.router.upstream");
+        assert_eq!(upstream[0]["typed_config"]["config"]["allow_on_headers_stop_iteration"], true);
         assert_eq!(upstream[1]["name"], "envoy.filters.http.upstream_codec");
+        assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["http_health_check"]["path"], "/healthz");
+        assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["unhealthy_threshold"], 3);
+        assert!(cluster(&b, "vllm-70b").get("health_checks").is_none());
+        let mixed = cluster(&b, "llama-3_1-70b~nim-70b");
+        assert_eq!(mixed["transport_socket_matches"][0]["match"], json!({"sni": "api.openai.com"}));
+        assert_eq!(mixed["transport_socket_matches"][0]["transport_socket"]["typed_config"]["sni"], "api.openai.com");
+        let tls_endpoint = &mixed["load_assignment"]["endpoints"][2]["lb_endpoints"][0]["metadata"]["filter_metadata"];
+        assert_eq!(tls_endpoint["envoy.transport_socket_match"], json!({"sni": "api.openai.com"}));
+        assert!(mixed["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"]["filter_metadata"]
+            .get("envoy.transport_socket_match")
+            .is_none(), "plain endpoints stay plain");
+        assert!(cluster(&b, "vllm-8b").get("transport_socket_matches").is_none());
+        assert_eq!(cluster(&b, "vllm-8b")["type"], "STATIC");
+        assert_eq!(mixed["type"], "STRICT_DNS", "a hostname in the chain needs DNS");
 
         let plain = render_with(&[], &ports).unwrap();
-        let upstream = &plain["static_resources"]["clusters"][0]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
+        let upstream = &cluster(&plain, "vllm-8b")["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
         assert_eq!(upstream.as_array().unwrap().len(), 1, "no per-attempt filter without the router");
     }
 }

@@ -2,9 +2,10 @@
 //! come the Envoy bootstrap, each filter's JSON configuration and the mock
 //! backends `tollgate run` starts.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use tollgate_router::config::{RouterConfig, Routing};
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 #[derive(Debug, Deserialize)]
@@ -17,17 +18,22 @@ pub struct GatewayConfig {
     #[serde(default = "default_admin")]
     pub admin: String,
     pub backends: Vec<Backend>,
-    /// Public model name → backend serving it (matched on `x-ai-model`, which
-    /// the router filter sets from the body's `model`).
+    /// Public model name → model group (strategy, targets, fallbacks), in the
+    /// router's own words: this section goes to the router filter as it is.
     #[serde(default)]
-    pub models: BTreeMap<String, String>,
-    /// `x-model-tier` value → backend.
+    pub models: serde_json::Map<String, serde_json::Value>,
+    /// Other names for models, passed to the router as they are.
     #[serde(default)]
-    pub tiers: BTreeMap<String, String>,
+    pub aliases: serde_json::Map<String, serde_json::Value>,
+    /// `x-model-tier` value → tier (its model, pinned backend, allowed teams).
+    #[serde(default)]
+    pub tiers: serde_json::Map<String, serde_json::Value>,
     /// Where requests matching no model or tier go, split by weight.
     pub default_route: Vec<WeightedBackend>,
     #[serde(default)]
     pub retry: RetryPolicy,
+    #[serde(default)]
+    pub health_check: HealthCheck,
     /// Each filter's own JSON configuration; a filter left out is not installed.
     #[serde(default)]
     pub filters: FilterConfigs,
@@ -59,8 +65,23 @@ pub struct Backend {
     /// When true, `tollgate run` starts a mock upstream with this name at `url`.
     #[serde(default)]
     pub mock: bool,
+    /// Deadline for a whole response from this backend, streams included.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Environment variable holding the backend's API key; the router sends
+    /// it in the provider's header. Only the variable's name enters configs.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the API key (e.g. a mounted secret); `tollgate run` reads
+    /// it and hands it to Envoy's environment, never to a config.
+    #[serde(default)]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Path for active health checks (none: passive checks only).
+    #[serde(default)]
+    pub health_check_path: Option<String>,
+    /// Extra arguments for the mock (fault injection in tests and demos).
+    #[serde(default)]
+    pub mock_args: Vec<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -80,11 +101,32 @@ pub struct RetryPolicy {
     pub num_retries: u32,
     /// Upstream statuses that are retried (on top of connection failures).
     pub on_status: Vec<u16>,
+    /// A `retry-after` from the backend is honoured up to this many seconds.
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after_seconds: u64,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { num_retries: 2, on_status: vec![429, 500, 502, 503] }
+        Self { num_retries: 2, on_status: vec![429, 500, 502, 503], max_retry_after_seconds: default_max_retry_after() }
+    }
+}
+
+fn default_max_retry_after() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub interval_seconds: u64,
+    /// Failed checks in a row before an endpoint is taken out.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self { interval_seconds: 30, unhealthy_threshold: 3 }
     }
 }
 
@@ -102,6 +144,8 @@ pub struct Endpoint {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// Path before `/v1/...`, without a trailing slash ("" for none).
+    pub path: String,
 }
 
 impl Endpoint {
@@ -113,7 +157,8 @@ impl Endpoint {
         } else {
             bail!("`{url}` must start with http:// or https://");
         };
-        let authority = rest.split('/').next().unwrap_or_default();
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let path = if path.trim_end_matches('/').is_empty() { String::new() } else { format!("/{}", path.trim_end_matches('/')) };
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) => (host, port.parse().with_context(|| format!("bad port in `{url}`"))?),
             None => (authority, if tls { 443 } else { 80 }),
@@ -121,11 +166,70 @@ impl Endpoint {
         if host.is_empty() {
             bail!("`{url}` has no host");
         }
-        Ok(Self { tls, host: host.to_string(), port })
+        Ok(Self { tls, host: host.to_string(), port, path })
+    }
+}
+
+impl Backend {
+    /// The environment variable the router reads this backend's key from:
+    /// `api_key_env`, or the one through which `tollgate run` hands Envoy a
+    /// key read from `api_key_file`.
+    pub fn key_variable(&self) -> Option<String> {
+        match (&self.api_key_env, &self.api_key_file) {
+            (Some(var), _) => Some(var.clone()),
+            (None, Some(_)) => Some(format!("TOLLGATE_API_KEY_{}", self.name.to_ascii_uppercase().replace('-', "_"))),
+            (None, None) => None,
+        }
     }
 }
 
 impl GatewayConfig {
+    /// Environment variables holding the backends' keys.
+    pub fn key_variables(&self) -> Vec<String> {
+        self.backends.iter().filter_map(Backend::key_variable).collect()
+    }
+
+    /// The router filter's JSON configuration: its own settings from
+    /// `filters.router`, plus what this file says about backends, models,
+    /// aliases and tiers.
+    pub fn router_config(&self) -> Result<serde_json::Value> {
+        let mut config = match &self.filters.router {
+            Some(serde_json::Value::Object(settings)) => settings.clone(),
+            Some(serde_json::Value::Null) | None => serde_json::Map::new(),
+            Some(_) => bail!("filters.router: must be an object"),
+        };
+        let mut backends = serde_json::Map::new();
+        for backend in &self.backends {
+            let endpoint = Endpoint::parse(&backend.url)?;
+            let mut entry = serde_json::json!({
+                "provider": match backend.provider { Provider::Openai => "openai", Provider::Anthropic => "anthropic" },
+                "path_prefix": endpoint.path,
+            });
+            if !backend.mock {
+                let default_port = if endpoint.tls { 443 } else { 80 };
+                let authority =
+                    if endpoint.port == default_port { endpoint.host.clone() } else { format!("{}:{}", endpoint.host, endpoint.port) };
+                entry["authority"] = serde_json::Value::String(authority);
+            }
+            if let Some(variable) = backend.key_variable() {
+                entry["api_key_env"] = serde_json::Value::String(variable);
+            }
+            backends.insert(backend.name.clone(), entry);
+        }
+        config.insert("backends".into(), serde_json::Value::Object(backends));
+        config.insert("models".into(), serde_json::Value::Object(self.models.clone()));
+        config.insert("aliases".into(), serde_json::Value::Object(self.aliases.clone()));
+        config.insert("tiers".into(), serde_json::Value::Object(self.tiers.clone()));
+        Ok(serde_json::Value::Object(config))
+    }
+
+    /// The router's compiled view of this file (keys are not read here).
+    pub fn routing(&self) -> Result<Routing> {
+        let json = self.router_config()?.to_string();
+        let config: RouterConfig = tollgate_core::config::parse(json.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+        Routing::compile(config, &|_| Some("not-read-at-render-time".to_string())).map_err(|e| anyhow!("{e}"))
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: Self = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
@@ -156,12 +260,16 @@ impl GatewayConfig {
                 bail!("{what}: unknown backend `{name}`")
             }
         };
-        for (model, backend) in &self.models {
-            known(&format!("models.{model}"), backend)?;
+        if let Some(router) = self.filters.router.as_ref().and_then(|r| r.as_object()) {
+            for derived in ["backends", "models", "aliases", "tiers"] {
+                if router.contains_key(derived) {
+                    bail!("filters.router.{derived}: set `{derived}` at the top level; the router's copy is derived from it");
+                }
+            }
         }
-        for (tier, backend) in &self.tiers {
-            known(&format!("tiers.{tier}"), backend)?;
-        }
+        // Models, aliases and tiers are checked by the router's own compiler,
+        // so this file and the filter can never disagree on what they mean.
+        self.routing()?;
         if self.default_route.is_empty() {
             bail!("default_route: needs at least one backend");
         }
@@ -203,19 +311,51 @@ default_route: [{backend: a, weight: 1}]
     fn endpoints_parse() {
         assert_eq!(
             Endpoint::parse("https://api.openai.com").unwrap(),
-            Endpoint { tls: true, host: "api.openai.com".into(), port: 443 }
+            Endpoint { tls: true, host: "api.openai.com".into(), port: 443, path: String::new() }
         );
-        assert_eq!(Endpoint::parse("http://localhost:8001/v1").unwrap().port, 8001);
+        let azure = Endpoint::parse("http://localhost:8001/openai/").unwrap();
+        assert_eq!((azure.port, azure.path.as_str()), (8001, "/openai"));
         assert!(Endpoint::parse("ftp://x").is_err());
         assert!(Endpoint::parse("http://:80").is_err());
         assert!(Endpoint::parse("http://h:port").is_err());
     }
 
     #[test]
-    fn references_to_unknown_backends_are_refused() {
-        let yaml = format!("{MINIMAL}tiers: {{fast: nope}}\n");
+    fn references_to_unknown_names_are_refused_naming_the_field() {
+        let yaml = format!("{MINIMAL}models: {{m: {{targets: [{{backend: nope}}]}}}}\n");
         let e = parse(&yaml).unwrap_err();
-        assert_eq!(e.to_string(), "tiers.fast: unknown backend `nope`");
+        assert_eq!(e.to_string(), "invalid configuration at `models.m.targets.0.backend`: unknown backend `nope`");
+        let yaml = format!("{MINIMAL}models: {{m: {{targets: [{{backend: a}}]}}}}\ntiers: {{fast: {{model: nope}}}}\n");
+        assert!(parse(&yaml).unwrap_err().to_string().contains("`tiers.fast.model`"));
+        let yaml = format!("{MINIMAL}default_route: [{{backend: nope, weight: 1}}]\n");
+        assert!(parse(&yaml).is_err());
+    }
+
+    #[test]
+    fn the_router_config_is_derived_from_the_file() {
+        let yaml = "
+backends:
+  - {name: a, provider: openai, url: 'http://127.0.0.1:8001', mock: true}
+  - {name: claude, provider: anthropic, url: 'https://api.anthropic.com', api_key_env: ANTHROPIC_API_KEY}
+  - {name: azure, provider: openai, url: 'https://example.openai.azure.com:8443/openai', api_key_file: /run/secrets/azure}
+models: {m: {targets: [{backend: a}, {backend: claude, model: claude-x}]}}
+aliases: {mm: m}
+default_route: [{backend: a, weight: 1}]
+filters: {router: {max_body_bytes: 10}}
+";
+        let config = parse(yaml).unwrap();
+        let router = config.router_config().unwrap();
+        assert_eq!(router["max_body_bytes"], 10);
+        assert_eq!(router["aliases"]["mm"], "m");
+        assert_eq!(router["backends"]["a"], serde_json::json!({"provider": "openai", "path_prefix": ""}));
+        assert_eq!(router["backends"]["claude"]["authority"], "api.anthropic.com");
+        assert_eq!(router["backends"]["claude"]["api_key_env"], "ANTHROPIC_API_KEY");
+        assert_eq!(router["backends"]["azure"]["authority"], "example.openai.azure.com:8443");
+        assert_eq!(router["backends"]["azure"]["path_prefix"], "/openai");
+        assert_eq!(router["backends"]["azure"]["api_key_env"], "TOLLGATE_API_KEY_AZURE");
+        assert_eq!(config.key_variables(), ["ANTHROPIC_API_KEY", "TOLLGATE_API_KEY_AZURE"]);
+        let twice = yaml.replace("filters: {router: {max_body_bytes: 10}}", "filters: {router: {models: {}}}");
+        assert!(parse(&twice).unwrap_err().to_string().contains("filters.router.models"));
     }
 
     #[test]

@@ -70,6 +70,9 @@ enum Commands {
         /// Do not print the welcome banner.
         #[arg(long)]
         quiet: bool,
+        /// Envoy's log level (trace, debug, info, warn, error).
+        #[arg(long, default_value = "warn")]
+        envoy_log_level: String,
     },
 }
 
@@ -110,7 +113,7 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&bootstrap)?);
             Ok(())
         }
-        Commands::Run { common, envoy, mock_bin, run_dir, ephemeral, state_file, concurrency, quiet } => {
+        Commands::Run { common, envoy, mock_bin, run_dir, ephemeral, state_file, concurrency, quiet, envoy_log_level } => {
             let config = config::GatewayConfig::load(&common.config)?;
             let envoy_bin = envoy
                 .or_else(|| std::env::var_os("ENVOY_BIN").map(PathBuf::from))
@@ -126,6 +129,7 @@ fn main() -> Result<()> {
                 state_file,
                 concurrency,
                 quiet,
+                envoy_log_level,
             })
         }
     }

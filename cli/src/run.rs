@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub state_file: Option<PathBuf>,
     pub concurrency: u32,
     pub quiet: bool,
+    /// Envoy's log level (its log goes to `<run_dir>/envoy.log`).
+    pub envoy_log_level: String,
 }
 
 struct Process {
@@ -154,7 +156,8 @@ fn start_and_wait(
             .args(["--name", &backend.name, "--listen"])
             .arg(format!("{}:{port}", endpoint.host))
             .arg("--port-file")
-            .arg(&port_file);
+            .arg(&port_file)
+            .args(&backend.mock_args);
         let mut process = spawn(&backend.name, &mut command, &run_dir.join(format!("{}.log", backend.name)))?;
         let actual = wait_for_file(&port_file, &mut process, Duration::from_secs(10));
         processes.push(process);
@@ -185,6 +188,14 @@ fn start_and_wait(
     let admin_path = run_dir.join("admin.address");
     let _ = fs::remove_file(&admin_path);
     let mut command = Command::new(&options.envoy_bin);
+    // Keys kept in files reach the router's VM through Envoy's environment
+    // (host_env_keys), never through a config file or the command line.
+    for backend in &config.backends {
+        if let (Some(path), Some(variable)) = (&backend.api_key_file, backend.key_variable()) {
+            let key = fs::read_to_string(path).with_context(|| format!("backends.{}.api_key_file", backend.name))?;
+            command.env(variable, key.trim());
+        }
+    }
     command
         .arg("-c")
         .arg(&bootstrap_path)
@@ -193,7 +204,7 @@ fn start_and_wait(
         .args(["--concurrency", &options.concurrency.to_string()])
         // Several gateways (tests, benchmarks) may run side by side.
         .arg("--disable-hot-restart")
-        .args(["--log-level", "warn", "--log-path"])
+        .args(["--log-level", &options.envoy_log_level, "--log-path"])
         .arg(run_dir.join("envoy.log"));
     let mut envoy = spawn("envoy", &mut command, &run_dir.join("access.log"))?;
     let admin_address = wait_for_file(&admin_path, &mut envoy, Duration::from_secs(30));

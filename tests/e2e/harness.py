@@ -75,6 +75,8 @@ def start_gateway(run_dir: Path, config: Path = DEFAULT_CONFIG, filters: str | N
                "--run-dir", str(run_dir), "--state-file", str(state_file),
                "--wasm-dir", str(ROOT / "target/wasm32-wasip1/release"),
                "--mock-bin", str(ROOT / "target/native/mock-llm")]
+    # TOLLGATE_E2E_FILTERS runs the suite against a subset of the filters.
+    filters = filters if filters is not None else os.environ.get("TOLLGATE_E2E_FILTERS")
     if filters is not None:
         command += ["--filters", filters]
     output = open(run_dir / "tollgate.log", "w")

@@ -7,7 +7,7 @@ import httpx
 
 from harness import prometheus_samples, start_gateway, variant_config
 
-CHAT = {"model": "llama-70b", "messages": [{"role": "user", "content": "Say hello to the gateway"}]}
+CHAT = {"model": "llama-8b", "messages": [{"role": "user", "content": "Say hello to the gateway"}]}
 
 
 def test_chat_completion_through_all_filters(fresh_mocks):
@@ -19,7 +19,7 @@ def test_chat_completion_through_all_filters(fresh_mocks):
     assert body["choices"][0]["message"]["content"]
     assert body["usage"]["completion_tokens"] > 0
     # The body's model routed it (router filter + clear_route_cache), not the 90/10 default.
-    assert r.headers["x-mock-backend"] == "vllm-70b"
+    assert r.headers["x-mock-backend"] == "vllm-8b"
     assert gw.state["filters"] == ["router", "meter", "guard"]
 
 
@@ -107,7 +107,7 @@ def test_prometheus_endpoint_is_scrapeable(gateway):
     r = httpx.get(f"{gateway.admin_url}/stats/prometheus", timeout=10)
     assert r.status_code == 200
     samples = prometheus_samples(r.text)
-    assert samples['envoy_cluster_upstream_rq_total{envoy_cluster_name="vllm-70b"}'] >= 1
+    assert samples['envoy_cluster_upstream_rq_total{envoy_cluster_name="llama-8b~vllm-8b"}'] >= 1
     # Each filter's plugin is loaded (Envoy keeps per-plugin VM stats).
     for plugin in ("tollgate_router", "tollgate_router_upstream", "tollgate_meter", "tollgate_guard"):
         assert f"envoy_wasm_{plugin}_vm_reload_failure{{}}" in samples, plugin

@@ -7,9 +7,9 @@ import openai
 def test_openai_sdk_chat_and_stream(fresh_mocks):
     client = openai.OpenAI(base_url=f"{fresh_mocks.url}/v1", api_key="sk-test", max_retries=0)
     reply = client.chat.completions.create(
-        model="llama-70b", messages=[{"role": "user", "content": "What is an AI gateway?"}])
+        model="llama-8b", messages=[{"role": "user", "content": "What is an AI gateway?"}])
     assert reply.choices[0].message.content
-    assert reply.model == "llama-70b"
+    assert reply.model == "llama-8b"
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
 
     stream = client.chat.completions.create(

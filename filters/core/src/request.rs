@@ -11,6 +11,9 @@ pub struct RequestSummary {
     pub model: Option<String>,
     #[serde(default)]
     pub stream: bool,
+    /// The completion cap (`max_tokens`, or OpenAI's newer `max_completion_tokens`).
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -30,7 +33,8 @@ mod tests {
     #[test]
     fn reads_model_and_stream() {
         let s = summarize(br#"{"model":"llama-70b","stream":true,"messages":[]}"#).unwrap();
-        assert_eq!(s, RequestSummary { model: Some("llama-70b".into()), stream: true });
+        assert_eq!(s, RequestSummary { model: Some("llama-70b".into()), stream: true, max_tokens: None });
+        assert_eq!(summarize(br#"{"max_completion_tokens":64}"#).unwrap().max_tokens, Some(64));
         assert_eq!(summarize(b"{}").unwrap().model, None);
     }
 

@@ -1,173 +1,227 @@
 //! Router logic. Two roots share this module:
-//! - the downstream root holds the request until its body is complete, reads
-//!   the body's `model`, publishes it as `x-ai-model` (which the route table
-//!   matches) and makes Envoy choose the route again;
-//! - the upstream root (`ROOT_ID_UPSTREAM`) runs once per upstream attempt, so
-//!   it can stamp each attempt with what that attempt is.
+//! - the downstream root holds the request until its body is complete,
+//!   resolves tier, model and aliases, picks a backend by the group's strategy,
+//!   publishes the decision as request headers (`x-ai-model`, `x-ai-backend`,
+//!   `x-ai-tier`) that the route table matches, and makes Envoy route again;
+//! - the upstream root (`ROOT_ID_UPSTREAM`) runs once per upstream attempt,
+//!   after Envoy picked the host, so it rewrites each attempt (model id, path,
+//!   host, credentials) for the backend that attempt actually reached, and
+//!   records the attempt's outcome for cool-down and latency-based routing.
 
-use serde::Deserialize;
+pub mod backend_state;
+pub mod config;
+pub mod resolve;
+pub mod strategy;
+mod upstream;
+
+use config::{RouterConfig, Routing};
+use resolve::{resolve, Ask, Resolution};
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::UNIX_EPOCH;
 use tollgate_core::errors::openai_error_body;
 use tollgate_core::request::{summarize, BodyError};
 use tollgate_host::{BodyBuffer, ConfigError, FilterFactory, Flow, HeaderMap, Host, HttpFilter};
 
 /// Root id of the per-attempt (upstream) half of the router.
 pub const ROOT_ID_UPSTREAM: &str = "tollgate.router.upstream";
-/// Request header carrying the model the route table matches on.
+/// Request headers carrying the decision the route table matches on.
 pub const MODEL_HEADER: &str = "x-ai-model";
+pub const BACKEND_HEADER: &str = "x-ai-backend";
+pub const TIER_HEADER: &str = "x-ai-tier";
+/// The client's tier request.
+pub const CLIENT_TIER_HEADER: &str = "x-model-tier";
+/// Filter state holding the decision for the per-attempt half, the meter and
+/// the access log. Headers are only for the route table: Envoy gives every
+/// attempt the same header map, so what one attempt strips the next loses.
+pub const STATE_MODEL: &str = "tollgate_model";
+pub const STATE_BACKEND: &str = "tollgate_backend";
+pub const STATE_TIER: &str = "tollgate_tier";
 /// Request header stamped on each upstream attempt (1 for the first try).
 pub const ATTEMPT_HEADER: &str = "x-tollgate-attempt";
+/// Response headers telling the client which backend answered, after how many tries.
+pub const RESPONSE_BACKEND_HEADER: &str = "x-tollgate-backend";
+pub const RESPONSE_ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
 
-const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouterConfig {
-    /// Largest request body the router reads; larger ones get a 413.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-}
-
-fn default_max_body_bytes() -> usize {
-    DEFAULT_MAX_BODY_BYTES
-}
-
-impl RouterConfig {
-    fn validate(self) -> Result<Self, ConfigError> {
-        if self.max_body_bytes == 0 {
-            return Err(ConfigError::new("max_body_bytes", "must be greater than 0"));
-        }
-        Ok(self)
-    }
-}
-
-pub enum RouterFactory {
-    Downstream(Rc<RouterConfig>),
-    Upstream,
+pub struct RouterFactory {
+    routing: Rc<Routing>,
+    upstream: bool,
+    random: Rc<SplitMix>,
 }
 
 impl FilterFactory for RouterFactory {
     type Filter = RouterFilter;
 
-    fn configure(_host: &dyn Host, root_id: &str, config: &[u8]) -> Result<Self, ConfigError> {
-        if root_id == ROOT_ID_UPSTREAM {
-            // The upstream half takes no settings of its own yet; refuse any,
-            // so a misplaced configuration is not silently ignored.
-            tollgate_core::config::parse::<Empty>(config)?;
-            return Ok(Self::Upstream);
-        }
+    fn configure(host: &dyn Host, root_id: &str, config: &[u8]) -> Result<Self, ConfigError> {
         let config: RouterConfig = tollgate_core::config::parse(config)?;
-        Ok(Self::Downstream(Rc::new(config.validate()?)))
+        // Keys come from the VM's environment (Envoy's host_env_keys), read
+        // once here so no request pays for it.
+        let routing = Routing::compile(config, &|name| std::env::var(name).ok())?;
+        let seed = host.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Ok(Self { routing: Rc::new(routing), upstream: root_id == ROOT_ID_UPSTREAM, random: Rc::new(SplitMix(Cell::new(seed))) })
     }
 
     fn new_filter(&self) -> RouterFilter {
-        match self {
-            Self::Downstream(config) => RouterFilter::Downstream { config: Rc::clone(config) },
-            Self::Upstream => RouterFilter::Upstream,
+        let routing = Rc::clone(&self.routing);
+        if self.upstream {
+            RouterFilter::Upstream(upstream::Attempt::new(routing))
+        } else {
+            RouterFilter::Downstream(Downstream { routing, random: Rc::clone(&self.random), chosen: None })
         }
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
+/// A small, fast, non-cryptographic generator for balancing choices.
+struct SplitMix(Cell<u64>);
+
+impl SplitMix {
+    fn next(&self) -> u64 {
+        let state = self.0.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.0.set(state);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
 
 pub enum RouterFilter {
-    Downstream { config: Rc<RouterConfig> },
-    Upstream,
+    Downstream(Downstream),
+    Upstream(upstream::Attempt),
 }
 
 impl HttpFilter for RouterFilter {
     fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
         match self {
-            Self::Downstream { config } => downstream_request_headers(host, config, end_of_stream),
-            Self::Upstream => {
-                stamp_attempt(host);
-                Flow::Continue
-            }
+            Self::Downstream(d) => d.on_request_headers(host, end_of_stream),
+            Self::Upstream(u) => u.on_request_headers(host, end_of_stream),
         }
     }
 
     fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
         match self {
-            Self::Downstream { config } => downstream_request_body(host, config, body_size, end_of_stream),
-            Self::Upstream => Flow::Continue,
+            Self::Downstream(d) => d.on_request_body(host, body_size, end_of_stream),
+            Self::Upstream(u) => u.on_request_body(host, body_size, end_of_stream),
+        }
+    }
+
+    fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        match self {
+            Self::Downstream(_) => Flow::Continue,
+            Self::Upstream(u) => u.on_response_headers(host, end_of_stream),
+        }
+    }
+
+    fn on_log(&mut self, host: &dyn Host) {
+        if let Self::Downstream(d) = self {
+            if let Some(backend) = d.chosen.take() {
+                backend_state::request_finished(host, &backend);
+            }
         }
     }
 }
 
-fn downstream_request_headers(host: &dyn Host, config: &RouterConfig, end_of_stream: bool) -> Flow {
-    if end_of_stream {
-        return Flow::Continue;
-    }
-    let declared = host
-        .header(HeaderMap::Request, "content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > config.max_body_bytes) {
-        reply_too_large(host, config);
-        return Flow::Pause;
-    }
-    // The route depends on the body's `model`: hold the headers until the body
-    // is complete (Envoy delivers it because the plugin sets
-    // allow_on_headers_stop_iteration).
-    Flow::Pause
+pub struct Downstream {
+    routing: Rc<Routing>,
+    random: Rc<SplitMix>,
+    /// The backend this request was counted against (for least-busy).
+    chosen: Option<String>,
 }
 
-fn downstream_request_body(host: &dyn Host, config: &RouterConfig, body_size: usize, end_of_stream: bool) -> Flow {
-    if body_size > config.max_body_bytes {
-        reply_too_large(host, config);
-        return Flow::Pause;
-    }
-    if !end_of_stream {
-        // Buffer until the whole body is here; routing needs all of it.
-        return Flow::Pause;
-    }
-    let body = match host.body(BodyBuffer::Request, 0, body_size) {
-        Ok(body) => body.unwrap_or_default(),
-        Err(e) => {
-            log::error!("router: {e}");
+impl Downstream {
+    fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if end_of_stream {
             return Flow::Continue;
         }
-    };
-    let summary = match summarize(&body) {
-        Ok(summary) => summary,
-        Err(BodyError::Malformed(detail)) => {
-            reply_error(host, 400, &format!("request body is not valid JSON: {detail}"), "invalid_request_error", "invalid_json");
+        let declared = header(host, "content-length").and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > self.routing.max_body_bytes) {
+            self.reply_too_large(host);
             return Flow::Pause;
         }
-    };
-    if let Some(model) = summary.model {
-        if let Err(e) = host.set_header(HeaderMap::Request, MODEL_HEADER, Some(&model)) {
-            log::error!("router: {e}");
-            return Flow::Continue;
+        // The route depends on the body's `model`: hold the headers until the
+        // body is complete (Envoy delivers it because the plugin sets
+        // allow_on_headers_stop_iteration).
+        Flow::Pause
+    }
+
+    fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+        if body_size > self.routing.max_body_bytes {
+            self.reply_too_large(host);
+            return Flow::Pause;
         }
+        if !end_of_stream {
+            // Buffer until the whole body is here; routing needs all of it.
+            return Flow::Pause;
+        }
+        let body = match host.body(BodyBuffer::Request, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(e) => {
+                log::error!("router: {e}");
+                return Flow::Continue;
+            }
+        };
+        let summary = match summarize(&body) {
+            Ok(summary) => summary,
+            Err(BodyError::Malformed(detail)) => {
+                reply_error(host, 400, &format!("request body is not valid JSON: {detail}"), "invalid_request_error", "invalid_json");
+                return Flow::Pause;
+            }
+        };
+        let tier = header(host, CLIENT_TIER_HEADER);
+        let team = header(host, &self.routing.team_header);
+        let ask = Ask { tier: tier.as_deref(), model: summary.model.as_deref(), team: team.as_deref() };
+        let routing = Rc::clone(&self.routing);
+        let (group, tier, pinned) = match resolve(&routing, ask) {
+            Ok(Resolution::Group { group, tier, pinned }) => (group, tier, pinned),
+            Ok(Resolution::Default) => return Flow::Continue,
+            Err(e) => {
+                let (status, error_type, code) = e.status();
+                reply_error(host, status, &e.message(), error_type, code);
+                return Flow::Pause;
+            }
+        };
+        let backend = match pinned {
+            Some(pinned) => pinned.to_string(),
+            None => {
+                let snapshot = |backend: &str| backend_state::snapshot(host, backend);
+                match strategy::choose(group, &snapshot, self.random.next()) {
+                    Some(target) => target.backend.clone(),
+                    None => return Flow::Continue,
+                }
+            }
+        };
+        let mut decision = vec![(MODEL_HEADER, STATE_MODEL, group.name.as_str()), (BACKEND_HEADER, STATE_BACKEND, backend.as_str())];
+        if let Some(tier) = tier {
+            decision.push((TIER_HEADER, STATE_TIER, tier));
+        }
+        for (header, state, value) in decision {
+            if let Err(e) = host.set_property(&[state], value.as_bytes()) {
+                log::warn!("router: {e}");
+            }
+            if let Err(e) = host.set_header(HeaderMap::Request, header, Some(value)) {
+                log::error!("router: {e}");
+                return Flow::Continue;
+            }
+        }
+        // A rough size of what this request costs the backend, for usage-based
+        // routing: about four bytes per prompt token, plus the completion cap.
+        let estimate = (body.len() / 4) as u64 + summary.max_tokens.unwrap_or(0);
+        backend_state::request_started(host, &backend, estimate);
+        self.chosen = Some(backend);
         if let Err(e) = host.clear_route_cache() {
             log::error!("router: {e}");
         }
+        Flow::Continue
     }
-    Flow::Continue
-}
 
-fn stamp_attempt(host: &dyn Host) {
-    // Envoy's router numbers each attempt in x-envoy-attempt-count (with
-    // include_request_attempt_count on the virtual host) before the upstream
-    // filters run, so this header differs per try, unlike anything a
-    // downstream filter could set.
-    let attempt = host
-        .header(HeaderMap::Request, "x-envoy-attempt-count")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| "1".to_string());
-    if let Err(e) = host.set_header(HeaderMap::Request, ATTEMPT_HEADER, Some(&attempt)) {
-        log::error!("router upstream: {e}");
+    fn reply_too_large(&self, host: &dyn Host) {
+        let message = format!("request body exceeds {} bytes", self.routing.max_body_bytes);
+        reply_error(host, 413, &message, "invalid_request_error", "request_too_large");
     }
 }
 
-fn reply_too_large(host: &dyn Host, config: &RouterConfig) {
-    let message = format!("request body exceeds {} bytes", config.max_body_bytes);
-    reply_error(host, 413, &message, "invalid_request_error", "request_too_large");
+fn header(host: &dyn Host, name: &str) -> Option<String> {
+    host.header(HeaderMap::Request, name).ok().flatten()
 }
 
 fn reply_error(host: &dyn Host, status: u32, message: &str, error_type: &str, code: &str) {
@@ -182,82 +236,133 @@ mod tests {
     use super::*;
     use tollgate_host::fake::FakeHost;
 
-    fn downstream(config: &str) -> RouterFilter {
-        RouterFactory::configure(&FakeHost::new(), "tollgate.router", config.as_bytes()).unwrap().new_filter()
+    pub(crate) const CONFIG: &str = r#"{
+        "max_body_bytes": 1000,
+        "backends": {"vllm-8b": {"provider": "openai"}, "vllm-70b": {"provider": "openai"},
+                     "openai": {"provider": "openai", "api_key_env": "TEST_OPENAI_KEY", "authority": "api.openai.com"},
+                     "anthropic": {"provider": "anthropic"}},
+        "models": {
+            "llama-8b": {"targets": [{"backend": "vllm-8b"}]},
+            "llama-70b": {"targets": [{"backend": "vllm-70b", "model": "meta-llama/Llama-3.1-70B"}], "fallbacks": ["gpt-4-turbo"]},
+            "gpt-4-turbo": {"targets": [{"backend": "openai"}]},
+            "claude": {"targets": [{"backend": "anthropic", "model": "claude-sonnet-4-5"}]}
+        },
+        "aliases": {"gpt4": "gpt-4-turbo"},
+        "tiers": {"fast": {"model": "llama-8b"}, "vip": {"model": "gpt-4-turbo", "allowed_teams": ["research"]}}
+    }"#;
+
+    pub(crate) fn factory(root_id: &str) -> RouterFactory {
+        // Every test sets the same value, so parallel tests agree.
+        std::env::set_var("TEST_OPENAI_KEY", "sk-secret");
+        RouterFactory::configure(&FakeHost::new(), root_id, CONFIG.as_bytes()).unwrap()
     }
 
-    #[test]
-    fn publishes_the_body_model_and_reroutes() {
-        let body = br#"{"model":"llama-70b","messages":[{"role":"user","content":"hi"}]}"#;
-        let host = FakeHost::with_request(&[(":method", "POST")], body);
-        let mut filter = downstream("{}");
+    fn route(headers: &[(&str, &str)], body: &str) -> FakeHost {
+        let host = FakeHost::with_request(headers, body.as_bytes());
+        let mut filter = factory("tollgate.router").new_filter();
         assert_eq!(filter.on_request_headers(&host, false), Flow::Pause);
-        assert_eq!(filter.on_request_body(&host, 10, false), Flow::Pause);
-        assert_eq!(filter.on_request_body(&host, body.len(), true), Flow::Continue);
-        assert_eq!(host.request_header(MODEL_HEADER).as_deref(), Some("llama-70b"));
-        assert_eq!(host.state().route_cache_clears, 1);
-        assert_eq!(host.state().request_body, body, "the body is forwarded unchanged");
+        filter.on_request_body(&host, body.len(), true);
+        filter.on_log(&host);
+        host
     }
 
     #[test]
-    fn bodyless_requests_pass_straight_through() {
-        let host = FakeHost::with_request(&[(":method", "GET")], b"");
-        assert_eq!(downstream("{}").on_request_headers(&host, true), Flow::Continue);
+    fn publishes_the_decision_and_reroutes() {
+        let host = route(&[], r#"{"model":"gpt4","messages":[]}"#);
+        assert_eq!(host.request_header(MODEL_HEADER).as_deref(), Some("gpt-4-turbo"), "alias resolved");
+        assert_eq!(host.request_header(BACKEND_HEADER).as_deref(), Some("openai"));
+        assert_eq!(host.request_header(TIER_HEADER), None);
+        assert_eq!(host.state().route_cache_clears, 1);
+        assert_eq!(host.state().request_body, br#"{"model":"gpt4","messages":[]}"#, "the body goes on unchanged");
+        let state = |key: &str| host.state().properties.get(&vec![key.to_string()]).cloned();
+        assert_eq!(state(STATE_MODEL).as_deref(), Some(&b"gpt-4-turbo"[..]));
+        assert_eq!(state(STATE_BACKEND).as_deref(), Some(&b"openai"[..]));
+    }
+
+    #[test]
+    fn tier_without_model_uses_the_tier_model() {
+        let host = route(&[(CLIENT_TIER_HEADER, "fast")], r#"{"messages":[]}"#);
+        assert_eq!(host.request_header(MODEL_HEADER).as_deref(), Some("llama-8b"));
+        assert_eq!(host.request_header(BACKEND_HEADER).as_deref(), Some("vllm-8b"));
+        assert_eq!(host.request_header(TIER_HEADER).as_deref(), Some("fast"));
+    }
+
+    #[test]
+    fn neither_model_nor_tier_leaves_the_default_route() {
+        let host = route(&[], r#"{"model":"auto","messages":[]}"#);
+        assert_eq!(host.request_header(MODEL_HEADER), None);
         assert_eq!(host.state().route_cache_clears, 0);
     }
 
     #[test]
-    fn malformed_json_gets_an_openai_400() {
-        let host = FakeHost::with_request(&[], b"{\"model\": ");
-        let mut filter = downstream("{}");
-        assert_eq!(filter.on_request_body(&host, 10, true), Flow::Pause);
-        let reply = host.state().local_reply.clone().unwrap();
-        assert_eq!(reply.status, 400);
-        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-        assert_eq!(body["error"]["code"], "invalid_json");
-        assert_eq!(host.request_header(MODEL_HEADER), None);
+    fn client_errors_get_openai_bodies_with_the_right_status() {
+        for (headers, body, status, code) in [
+            (vec![], r#"{"model": "#, 400, "invalid_json"),
+            (vec![], r#"{"model":"gpt-9"}"#, 404, "model_not_found"),
+            (vec![(CLIENT_TIER_HEADER, "vip"), ("x-tollgate-team", "sales")], "{}", 403, "tier_not_allowed"),
+            (vec![(CLIENT_TIER_HEADER, "gold")], "{}", 400, "unknown_tier"),
+        ] {
+            let host = route(&headers, body);
+            let reply = host.state().local_reply.clone().unwrap_or_else(|| panic!("no reply for {body}"));
+            assert_eq!(reply.status, status, "{body}");
+            let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(json["error"]["code"], code);
+            assert_eq!(host.request_header(MODEL_HEADER), None);
+        }
     }
 
     #[test]
     fn oversized_bodies_get_a_413() {
         let host = FakeHost::with_request(&[("content-length", "2000")], b"");
-        let mut filter = downstream(r#"{"max_body_bytes": 1000}"#);
+        let mut filter = factory("tollgate.router").new_filter();
         assert_eq!(filter.on_request_headers(&host, false), Flow::Pause);
         assert_eq!(host.state().local_reply.clone().unwrap().status, 413);
 
         let host = FakeHost::with_request(&[], &[b' '; 1500]);
-        let mut filter = downstream(r#"{"max_body_bytes": 1000}"#);
+        let mut filter = factory("tollgate.router").new_filter();
         assert_eq!(filter.on_request_body(&host, 1500, false), Flow::Pause);
         assert_eq!(host.state().local_reply.clone().unwrap().status, 413);
     }
 
     #[test]
-    fn header_failures_are_logged_not_fatal() {
-        let host = FakeHost::with_request(&[], br#"{"model":"m"}"#);
-        host.state().request_headers_sent = true;
-        assert_eq!(downstream("{}").on_request_body(&host, 13, true), Flow::Continue);
-        assert_eq!(host.state().route_cache_clears, 0);
+    fn requests_in_flight_are_counted_until_logged() {
+        let host = FakeHost::with_request(&[], br#"{"model":"llama-8b"}"#);
+        let mut filter = factory("tollgate.router").new_filter();
+        filter.on_request_body(&host, 20, true);
+        assert_eq!(backend_state::snapshot(&host, "vllm-8b").in_flight, 1);
+        filter.on_log(&host);
+        assert_eq!(backend_state::snapshot(&host, "vllm-8b").in_flight, 0);
     }
 
     #[test]
-    fn upstream_root_stamps_each_attempt() {
-        let factory = RouterFactory::configure(&FakeHost::new(), ROOT_ID_UPSTREAM, b"").unwrap();
-        let host = FakeHost::with_request(&[("x-envoy-attempt-count", "2")], b"");
-        assert_eq!(factory.new_filter().on_request_headers(&host, false), Flow::Continue);
-        assert_eq!(host.request_header(ATTEMPT_HEADER).as_deref(), Some("2"));
-        let host = FakeHost::with_request(&[], b"");
-        factory.new_filter().on_request_headers(&host, true);
-        assert_eq!(host.request_header(ATTEMPT_HEADER).as_deref(), Some("1"));
+    fn header_failures_are_logged_not_fatal() {
+        let host = FakeHost::with_request(&[], br#"{"model":"llama-8b"}"#);
+        host.state().request_headers_sent = true;
+        let mut filter = factory("tollgate.router").new_filter();
+        assert_eq!(filter.on_request_body(&host, 20, true), Flow::Continue);
+        assert_eq!(host.state().route_cache_clears, 0);
     }
 
     #[test]
     fn bad_configuration_is_refused_with_the_field() {
         let host = FakeHost::new();
-        let e = RouterFactory::configure(&host, "tollgate.router", br#"{"max_body_bytes": 0}"#).err().unwrap();
-        assert_eq!(e.field, "max_body_bytes");
-        let e = RouterFactory::configure(&host, "tollgate.router", br#"{"max_body_byte": 1}"#).err().unwrap();
-        assert!(e.message.contains("unknown field"), "{e}");
-        let e = RouterFactory::configure(&host, ROOT_ID_UPSTREAM, br#"{"x": 1}"#).err().unwrap();
-        assert!(e.message.contains("unknown field `x`"), "{e}");
+        let refuse = |json: &str| RouterFactory::configure(&host, "tollgate.router", json.as_bytes()).err().unwrap();
+        assert_eq!(refuse(r#"{"max_body_bytes": 0}"#).field, "max_body_bytes");
+        assert!(refuse(r#"{"max_body_byte": 1}"#).message.contains("unknown field"));
+        let e = refuse(r#"{"models": {"m": {"targets": [{"backend": "nope"}]}}}"#);
+        assert_eq!(e.field, "models.m.targets.0.backend");
+        let e = refuse(r#"{"backends": {"b": {"provider": "openai", "api_key_env": "TOLLGATE_TEST_UNSET_VAR"}}}"#);
+        assert_eq!(e.field, "backends.b.api_key_env");
+        assert!(e.message.contains("TOLLGATE_TEST_UNSET_VAR"));
+        let e = refuse(r#"{"backends": {"b": {"provider": "cohere"}}}"#);
+        assert_eq!(e.field, "backends.b.provider");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let f = factory("tollgate.router");
+        let dump = format!("{:?}", f.routing);
+        assert!(!dump.contains("sk-secret"), "{dump}");
+        assert!(dump.contains("<redacted>"));
     }
 }

@@ -1,0 +1,145 @@
+//! Per-backend runtime state shared by every worker's VM through proxy-wasm
+//! shared data: requests in flight, a moving average of time to first byte,
+//! tokens sent this minute, and consecutive failures with a cool-down.
+//! Values are decimal strings updated with compare-and-swap.
+
+use crate::strategy::BackendSnapshot;
+use std::time::UNIX_EPOCH;
+use tollgate_host::Host;
+
+const CAS_ATTEMPTS: usize = 8;
+
+fn key(backend: &str, field: &str) -> String {
+    format!("tollgate.router.{backend}.{field}")
+}
+
+fn read(host: &dyn Host, key: &str) -> (i64, Option<u32>) {
+    match host.shared_data(key) {
+        Ok((value, cas)) => {
+            let number = value.and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())).unwrap_or(0);
+            (number, cas)
+        }
+        Err(e) => {
+            log::warn!("router: {e}");
+            (0, None)
+        }
+    }
+}
+
+/// Applies `change` atomically; gives up (and logs) after repeated races.
+fn update(host: &dyn Host, key: &str, change: impl Fn(i64) -> i64) {
+    for _ in 0..CAS_ATTEMPTS {
+        let (current, cas) = read(host, key);
+        let next = change(current);
+        if next == current && cas.is_some() {
+            return;
+        }
+        if host.set_shared_data(key, next.to_string().as_bytes(), cas).is_ok() {
+            return;
+        }
+    }
+    log::warn!("router: gave up updating {key} after {CAS_ATTEMPTS} races");
+}
+
+fn now_secs(host: &dyn Host) -> i64 {
+    host.now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn minute_key(host: &dyn Host, backend: &str) -> String {
+    key(backend, &format!("tokens.{}", now_secs(host) / 60))
+}
+
+pub fn snapshot(host: &dyn Host, backend: &str) -> BackendSnapshot {
+    let latency = read(host, &key(backend, "ttfb_us")).0;
+    BackendSnapshot {
+        in_flight: read(host, &key(backend, "in_flight")).0,
+        latency_us: u64::try_from(latency).ok().filter(|l| *l > 0),
+        tokens_this_minute: u64::try_from(read(host, &minute_key(host, backend)).0).unwrap_or(0),
+        cooling_down: read(host, &key(backend, "cooldown_until")).0 > now_secs(host),
+    }
+}
+
+pub fn request_started(host: &dyn Host, backend: &str, estimated_tokens: u64) {
+    update(host, &key(backend, "in_flight"), |n| n + 1);
+    let tokens = i64::try_from(estimated_tokens).unwrap_or(i64::MAX);
+    update(host, &minute_key(host, backend), |n| n.saturating_add(tokens));
+}
+
+pub fn request_finished(host: &dyn Host, backend: &str) {
+    update(host, &key(backend, "in_flight"), |n| (n - 1).max(0));
+}
+
+/// Records one attempt's outcome on the backend it reached.
+pub fn attempt_finished(host: &dyn Host, backend: &str, failed: bool, ttfb_us: Option<u64>, cooldown: (u32, u64)) {
+    if let Some(sample) = ttfb_us.and_then(|t| i64::try_from(t).ok()) {
+        // Exponential moving average, weight 1/8 for the new sample.
+        update(host, &key(backend, "ttfb_us"), |avg| if avg == 0 { sample.max(1) } else { (avg * 7 + sample) / 8 });
+    }
+    let failures_key = key(backend, "failures");
+    if !failed {
+        update(host, &failures_key, |_| 0);
+        return;
+    }
+    update(host, &failures_key, |n| n + 1);
+    let (threshold, seconds) = cooldown;
+    if read(host, &failures_key).0 >= i64::from(threshold) {
+        let until = now_secs(host).saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX));
+        update(host, &key(backend, "cooldown_until"), |_| until);
+        update(host, &failures_key, |_| 0);
+        log::warn!("router: backend {backend} failed {threshold} times in a row; cooling down for {seconds}s");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+    use tollgate_host::fake::FakeHost;
+
+    #[test]
+    fn in_flight_counts_up_and_down_never_below_zero() {
+        let host = FakeHost::new();
+        request_started(&host, "a", 100);
+        request_started(&host, "a", 50);
+        assert_eq!(snapshot(&host, "a").in_flight, 2);
+        assert_eq!(snapshot(&host, "a").tokens_this_minute, 150);
+        request_finished(&host, "a");
+        request_finished(&host, "a");
+        request_finished(&host, "a");
+        assert_eq!(snapshot(&host, "a").in_flight, 0);
+    }
+
+    #[test]
+    fn tokens_reset_with_the_minute() {
+        let host = FakeHost::new();
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(600));
+        request_started(&host, "a", 100);
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(660));
+        assert_eq!(snapshot(&host, "a").tokens_this_minute, 0);
+    }
+
+    #[test]
+    fn latency_is_a_moving_average() {
+        let host = FakeHost::new();
+        attempt_finished(&host, "a", false, Some(8000), (3, 30));
+        assert_eq!(snapshot(&host, "a").latency_us, Some(8000));
+        attempt_finished(&host, "a", false, Some(16000), (3, 30));
+        assert_eq!(snapshot(&host, "a").latency_us, Some(9000));
+    }
+
+    #[test]
+    fn consecutive_failures_start_a_cool_down_that_expires() {
+        let host = FakeHost::new();
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1000));
+        attempt_finished(&host, "a", true, None, (3, 30));
+        attempt_finished(&host, "a", true, None, (3, 30));
+        attempt_finished(&host, "a", false, None, (3, 30));
+        attempt_finished(&host, "a", true, None, (3, 30));
+        assert!(!snapshot(&host, "a").cooling_down, "a success resets the count");
+        attempt_finished(&host, "a", true, None, (3, 30));
+        attempt_finished(&host, "a", true, None, (3, 30));
+        assert!(snapshot(&host, "a").cooling_down);
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1031));
+        assert!(!snapshot(&host, "a").cooling_down);
+    }
+}
