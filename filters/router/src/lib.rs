@@ -12,6 +12,7 @@ pub mod backend_state;
 pub mod config;
 pub mod resolve;
 pub mod strategy;
+mod translation;
 mod upstream;
 
 use config::{RouterConfig, Routing};
@@ -109,6 +110,13 @@ impl HttpFilter for RouterFilter {
         match self {
             Self::Downstream(_) => Flow::Continue,
             Self::Upstream(u) => u.on_response_headers(host, end_of_stream),
+        }
+    }
+
+    fn on_response_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+        match self {
+            Self::Downstream(_) => Flow::Continue,
+            Self::Upstream(u) => u.on_response_body(host, body_size, end_of_stream),
         }
     }
 

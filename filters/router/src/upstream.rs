@@ -3,11 +3,14 @@
 //! including a fallback to another provider after the first one failed.
 
 use crate::config::{Backend, Provider, Routing};
+use crate::translation::{ClientAsk, Direction, ResponseTranslator};
 use crate::{
     backend_state, ATTEMPT_HEADER, BACKEND_HEADER, MODEL_HEADER, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_MODEL, TIER_HEADER,
 };
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tollgate_core::errors::openai_error_body;
+use tollgate_core::translate::{anthropic_to_openai_chat, openai_chat_to_anthropic, openai_error_to_anthropic, DEFAULT_MAX_TOKENS};
 use tollgate_host::{BodyBuffer, Flow, HeaderMap, Host};
 
 /// Path of the endpoint metadata naming the backend an endpoint belongs to
@@ -20,11 +23,14 @@ pub struct Attempt {
     backend: Option<String>,
     attempt: String,
     started: Option<SystemTime>,
+    /// Set when the client's API differs from the backend's.
+    translation: Option<(Direction, ClientAsk)>,
+    response: Option<ResponseTranslator>,
 }
 
 impl Attempt {
     pub fn new(routing: Rc<Routing>) -> Self {
-        Self { routing, backend: None, attempt: "1".to_string(), started: None }
+        Self { routing, backend: None, attempt: "1".to_string(), started: None, translation: None, response: None }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
@@ -74,10 +80,15 @@ impl Attempt {
         // Every attempt states its own length: attempts share one header map,
         // and an earlier attempt may have sent a body of another length.
         let mut length = body.len();
-        if let Some(rewritten) = self.rewrite_body(host, &body) {
-            match host.set_body(BodyBuffer::Request, 0, body_size, &rewritten) {
+        match self.prepare_body(host, &body) {
+            Ok(Some(rewritten)) => match host.set_body(BodyBuffer::Request, 0, body_size, &rewritten) {
                 Ok(()) => length = rewritten.len(),
                 Err(e) => log::error!("router upstream: {e}"),
+            },
+            Ok(None) => {}
+            Err(message) => {
+                self.reply_untranslatable(host, &message);
+                return Flow::Pause;
             }
         }
         set(host, HeaderMap::Request, "content-length", Some(&length.to_string()));
@@ -99,6 +110,34 @@ impl Attempt {
         backend_state::attempt_finished(host, &backend, failed, if failed { None } else { ttfb_us }, cooldown);
         set(host, HeaderMap::Response, RESPONSE_BACKEND_HEADER, Some(&backend));
         set(host, HeaderMap::Response, RESPONSE_ATTEMPTS_HEADER, Some(&self.attempt));
+        if let Some((direction, ask)) = self.translation.clone() {
+            let event_stream = header_in(host, HeaderMap::Response, "content-type").is_some_and(|t| t.starts_with("text/event-stream"));
+            self.response = Some(ResponseTranslator::new(direction, ask, u16::try_from(status).unwrap_or(502), event_stream));
+            // The translated body has another length.
+            set(host, HeaderMap::Response, "content-length", None);
+        }
+        Flow::Continue
+    }
+
+    pub fn on_response_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+        let Some(translator) = self.response.as_mut() else {
+            return Flow::Continue;
+        };
+        if translator.needs_whole_body() && !end_of_stream {
+            // Buffer: a JSON body is translated whole.
+            return Flow::Pause;
+        }
+        let body = match host.body(BodyBuffer::Response, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(e) => {
+                log::error!("router upstream: {e}");
+                return Flow::Continue;
+            }
+        };
+        let translated = if translator.needs_whole_body() { translator.whole(&body) } else { translator.chunk(&body, end_of_stream) };
+        if let Err(e) = host.set_body(BodyBuffer::Response, 0, body_size, &translated) {
+            log::error!("router upstream: {e}");
+        }
         Flow::Continue
     }
 
@@ -106,30 +145,71 @@ impl Attempt {
         self.routing.backends.get(self.backend.as_deref()?)
     }
 
-    /// The body with `model` set to what the reached backend calls the
-    /// requested group; `None` when nothing changes.
-    fn rewrite_body(&self, host: &dyn Host, body: &[u8]) -> Option<Vec<u8>> {
-        let backend = self.backend.as_deref()?;
-        let decided = host.property(&[STATE_MODEL]).ok().flatten()?;
-        let group = self.routing.group(std::str::from_utf8(&decided).ok()?)?;
-        let model = self.routing.model_for_backend(group, backend)?;
-        let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let object = json.as_object_mut()?;
-        if object.get("model").and_then(|m| m.as_str()) == Some(model) {
-            return None;
+    /// The body for this attempt: translated into the backend's API when it
+    /// differs from the client's, else with `model` set to what the reached
+    /// backend calls the requested group. `None` when nothing changes; an
+    /// error when the request cannot be expressed in the backend's API.
+    fn prepare_body(&mut self, host: &dyn Host, body: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let (Some(backend), Some(config)) = (self.backend.as_deref(), self.backend_config()) else {
+            return Ok(None);
+        };
+        let provider = config.provider;
+        let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(None);
+        };
+        let requested = object.get("model").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+        let decided = host.property(&[STATE_MODEL]).ok().flatten().and_then(|v| String::from_utf8(v).ok());
+        let target = decided
+            .and_then(|group| self.routing.group(&group))
+            .and_then(|group| self.routing.model_for_backend(group, backend))
+            .unwrap_or(requested.as_str())
+            .to_string();
+        let path = header(host, ":path").unwrap_or_default();
+        if let Some(direction) = Direction::between(&path, provider) {
+            let translated = match direction {
+                Direction::ChatToMessages => openai_chat_to_anthropic(body, &target, DEFAULT_MAX_TOKENS),
+                Direction::MessagesToChat => anthropic_to_openai_chat(body, &target),
+            }
+            .map_err(|e| e.to_string())?;
+            let include_usage = object.get("stream_options").and_then(|o| o.get("include_usage")).and_then(|v| v.as_bool());
+            let created = host.now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let ask = ClientAsk { model: requested, include_usage: include_usage.unwrap_or(false), created };
+            self.translation = Some((direction, ask));
+            return Ok(Some(translated));
         }
-        object.insert("model".to_string(), serde_json::Value::String(model.to_string()));
-        serde_json::to_vec(&json).ok()
+        if target == requested {
+            return Ok(None);
+        }
+        object.insert("model".to_string(), serde_json::Value::String(target));
+        serde_json::to_vec(&object).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn reply_untranslatable(&self, host: &dyn Host, message: &str) {
+        let backend = self.backend.as_deref().unwrap_or_default();
+        let body = openai_error_body(&format!("backend {backend} cannot serve this request: {message}"), "invalid_request_error", Some("untranslatable_request"));
+        let client_speaks_anthropic = header(host, ":path").is_some_and(|p| p.starts_with(crate::translation::ANTHROPIC_MESSAGES_PATH));
+        let body = if client_speaks_anthropic { openai_error_to_anthropic(&body, 400) } else { body };
+        if let Err(e) = host.send_local_reply(400, &[("content-type", "application/json")], &body) {
+            log::error!("router upstream: {e}");
+        }
     }
 
     fn rewrite_headers(&self, host: &dyn Host) {
         let Some(backend) = self.backend_config() else {
             return;
         };
-        if !backend.path_prefix.is_empty() {
+        if let Some((direction, _)) = &self.translation {
+            set(host, HeaderMap::Request, ":path", Some(&format!("{}{}", backend.path_prefix, direction.backend_path())));
+            // The response is rewritten, so it must arrive uncompressed.
+            set(host, HeaderMap::Request, "accept-encoding", Some("identity"));
+            set(host, HeaderMap::Request, "content-type", Some("application/json"));
+        } else if !backend.path_prefix.is_empty() {
             if let Some(path) = header(host, ":path") {
                 set(host, HeaderMap::Request, ":path", Some(&format!("{}{path}", backend.path_prefix)));
             }
+        }
+        if backend.provider == Provider::Anthropic && header(host, "anthropic-version").is_none() {
+            set(host, HeaderMap::Request, "anthropic-version", Some(&backend.anthropic_version));
         }
         if let Some(authority) = &backend.authority {
             set(host, HeaderMap::Request, ":authority", Some(authority));
@@ -242,6 +322,48 @@ mod tests {
         let (host, _) = attempt(None, &[(MODEL_HEADER, "llama-70b"), ("x-envoy-attempt-count", "1")], body);
         assert_eq!(host.state().request_body, body.as_bytes());
         assert_eq!(host.request_header(ATTEMPT_HEADER).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn an_openai_client_reaching_anthropic_is_translated_both_ways() {
+        let body = r#"{"model":"claude","messages":[{"role":"system","content":"Be brief"},{"role":"user","content":"hi"}]}"#;
+        let headers = [(MODEL_HEADER, "claude"), (":path", "/v1/chat/completions"), ("x-envoy-attempt-count", "1")];
+        let (host, mut filter) = attempt(Some("anthropic"), &headers, body);
+        let sent: serde_json::Value = serde_json::from_slice(&host.state().request_body).unwrap();
+        assert_eq!(sent["model"], "claude-sonnet-4-5");
+        assert_eq!(sent["system"], "Be brief");
+        assert!(sent["max_tokens"].as_u64().is_some(), "Anthropic requires max_tokens");
+        assert_eq!(host.request_header(":path").as_deref(), Some("/v1/messages"));
+        assert_eq!(host.request_header("anthropic-version").as_deref(), Some("2023-06-01"));
+        assert_eq!(host.request_header("accept-encoding").as_deref(), Some("identity"));
+
+        let answer = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi!"}],"stop_reason":"end_turn","usage":{"input_tokens":9,"output_tokens":3}}"#;
+        host.set_response(&[(":status", "200"), ("content-type", "application/json"), ("content-length", "170")], answer);
+        filter.on_response_headers(&host, false);
+        assert_eq!(host.response_header("content-length"), None);
+        assert_eq!(filter.on_response_body(&host, 10, false), Flow::Pause, "JSON is translated whole");
+        assert_eq!(filter.on_response_body(&host, answer.len(), true), Flow::Continue);
+        let back: serde_json::Value = serde_json::from_slice(&host.state().response_body).unwrap();
+        assert_eq!(back["object"], "chat.completion");
+        assert_eq!(back["model"], "claude", "the client's own model name");
+        assert_eq!(back["choices"][0]["message"]["content"], "Hi!");
+    }
+
+    #[test]
+    fn untranslatable_requests_get_a_400_in_the_client_api() {
+        let body = r#"{"model":"claude","n":2,"messages":[{"role":"user","content":"hi"}]}"#;
+        let headers = [(MODEL_HEADER, "claude"), (":path", "/v1/chat/completions"), ("x-envoy-attempt-count", "1")];
+        let host = FakeHost::with_request(&headers, body.as_bytes());
+        let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
+        host.state().properties.insert(path, b"anthropic".to_vec());
+        host.state().properties.insert(vec![STATE_MODEL.to_string()], b"claude".to_vec());
+        let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
+        filter.on_request_headers(&host, false);
+        assert_eq!(filter.on_request_body(&host, body.len(), true), Flow::Pause);
+        let reply = host.state().local_reply.clone().unwrap();
+        assert_eq!(reply.status, 400);
+        let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(json["error"]["code"], "untranslatable_request");
     }
 
     #[test]
