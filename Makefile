@@ -16,10 +16,10 @@ NATIVE_DIR := target/native
 TOOLS := .tools
 OHA := $(TOOLS)/bin/oha
 # Logic crates: tested natively and compiled to wasm.
-LOGIC_CRATES := -p tollgate-host -p tollgate-core -p tollgate-router -p tollgate-meter -p tollgate-guard
+LOGIC_CRATES := -p tollgate-host -p tollgate-core -p tollgate-router -p tollgate-meter -p tollgate-guard -p tollgate-ratelimit-proto
 WASM_CRATES := -p tollgate-router-wasm -p tollgate-meter-wasm -p tollgate-guard-wasm
 
-.PHONY: help deps wasm-target envoy python node build run test lint test-native test-wasm test-envoy-configs test-e2e bench clean
+.PHONY: help deps wasm-target envoy python node redis build run test lint test-native test-wasm test-envoy-configs test-e2e test-gateway-api bench clean
 
 help:
 	@echo "make run    start the gateway on its embedded defaults (examples/tollgate.yaml)"
@@ -50,13 +50,17 @@ $(VENV)/.requirements: tests/requirements.txt
 node:
 	@command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs; }
 
-deps: wasm-target envoy python node
+# Redis for the rate-limit service's shared counters (its tests start their own server).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
+deps: wasm-target envoy python node redis
 
 # --- build ----------------------------------------------------------------
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(WASM_CRATES)
-	cargo build --profile native -p tollgate -p mock-llm
+	cargo build --profile native -p tollgate -p mock-llm -p ratelimit
 
 run: build envoy
 	$(NATIVE_DIR)/tollgate run --config examples/tollgate.yaml
@@ -87,6 +91,11 @@ envoy/local.json: examples/tollgate.yaml build
 
 test-e2e: build envoy python
 	$(PYTHON) -m pytest tests/e2e -q -p no:cacheprovider
+
+# The Kubernetes manifests alone (also part of test-e2e): valid against the
+# vendored CRD schemas in ../shared/crds, and routing as envoy/local.json.
+test-gateway-api: envoy python
+	$(PYTHON) -m pytest tests/e2e/test_gateway_api.py -q -p no:cacheprovider
 
 # --- benchmark ------------------------------------------------------------
 

@@ -57,6 +57,7 @@ fn meter_field(field: &str) -> String {
 pub fn access_log() -> Value {
     let mut format: BTreeMap<&str, String> = [
         ("start_time", "%START_TIME%"),
+        ("request_id", "%REQ(X-REQUEST-ID)%"),
         ("method", "%REQ(:METHOD)%"),
         ("path", "%REQ(:PATH)%"),
         ("status", "%RESPONSE_CODE%"),

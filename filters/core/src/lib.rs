@@ -3,5 +3,9 @@
 
 pub mod config;
 pub mod errors;
+pub mod prices;
 pub mod request;
 pub mod sse;
+pub mod tokens;
+pub mod translate;
+pub mod usage;

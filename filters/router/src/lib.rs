@@ -65,7 +65,7 @@ impl FilterFactory for RouterFactory {
     fn new_filter(&self) -> RouterFilter {
         let routing = Rc::clone(&self.routing);
         if self.upstream {
-            RouterFilter::Upstream(upstream::Attempt::new(routing))
+            RouterFilter::Upstream(Box::new(upstream::Attempt::new(routing)))
         } else {
             RouterFilter::Downstream(Downstream { routing, random: Rc::clone(&self.random), chosen: None })
         }
@@ -88,7 +88,7 @@ impl SplitMix {
 
 pub enum RouterFilter {
     Downstream(Downstream),
-    Upstream(upstream::Attempt),
+    Upstream(Box<upstream::Attempt>),
 }
 
 impl HttpFilter for RouterFilter {
