@@ -64,8 +64,8 @@ pub struct FakeState {
     pub metrics: Vec<Metric>,
     pub shared_data: HashMap<String, (Vec<u8>, u32)>,
     pub now: Option<SystemTime>,
-    /// When set, changing request headers fails as it does in Envoy once the
-    /// headers have been sent upstream.
+    /// When set, request header calls fail as they do in Envoy once the
+    /// headers have been sent on (where the SDK's own calls would panic).
     pub request_headers_sent: bool,
     /// When set, every dispatch fails (cluster missing, host overloaded).
     pub dispatch_fails: bool,
@@ -168,12 +168,15 @@ impl FakeState {
         }
     }
 
-    fn headers_ref(&self, map: HeaderMap) -> &[(String, String)] {
-        match map {
+    fn headers_ref(&self, map: HeaderMap) -> HostResult<&[(String, String)]> {
+        Ok(match map {
+            HeaderMap::Request if self.request_headers_sent => {
+                return Err(HostError::new("get_header", "request headers already sent"))
+            }
             HeaderMap::Request => &self.request_headers,
             HeaderMap::Response => &self.response_headers,
             HeaderMap::CallResponse => &self.call_response_headers,
-        }
+        })
     }
 
     fn buffer_ref(&self, buffer: BodyBuffer) -> &[u8] {
@@ -199,11 +202,11 @@ impl FakeState {
 
 impl Host for FakeHost {
     fn header(&self, map: HeaderMap, name: &str) -> HostResult<Option<String>> {
-        Ok(find(self.state.borrow().headers_ref(map), name))
+        Ok(find(self.state.borrow().headers_ref(map)?, name))
     }
 
     fn headers(&self, map: HeaderMap) -> HostResult<Vec<(String, String)>> {
-        Ok(self.state.borrow().headers_ref(map).to_vec())
+        Ok(self.state.borrow().headers_ref(map)?.to_vec())
     }
 
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> HostResult<()> {
@@ -382,6 +385,7 @@ mod tests {
         host.state().request_headers_sent = true;
         let error = host.set_header(HeaderMap::Request, "x-a", Some("b")).unwrap_err();
         assert_eq!(error.operation, "set_header");
+        assert!(host.header(HeaderMap::Request, "x-a").is_err());
     }
 
     #[test]

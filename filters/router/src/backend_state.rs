@@ -3,6 +3,7 @@
 //! tokens sent this minute, and consecutive failures with a cool-down.
 //! Values are decimal strings updated with compare-and-swap.
 
+use crate::config::Strategy;
 use crate::strategy::BackendSnapshot;
 use std::time::UNIX_EPOCH;
 use tollgate_host::Host;
@@ -49,20 +50,39 @@ fn minute_key(host: &dyn Host, backend: &str) -> String {
     key(backend, &format!("tokens.{}", now_secs(host) / 60))
 }
 
-pub fn snapshot(host: &dyn Host, backend: &str) -> BackendSnapshot {
-    let latency = read(host, &key(backend, "ttfb_us")).0;
-    BackendSnapshot {
-        in_flight: read(host, &key(backend, "in_flight")).0,
-        latency_us: u64::try_from(latency).ok().filter(|l| *l > 0),
-        tokens_this_minute: u64::try_from(read(host, &minute_key(host, backend)).0).unwrap_or(0),
-        cooling_down: read(host, &key(backend, "cooldown_until")).0 > now_secs(host),
+/// What `strategy` needs to know of `backend` (every shared-data read is a
+/// host call under a lock, so only those).
+pub fn snapshot(host: &dyn Host, backend: &str, strategy: Strategy) -> BackendSnapshot {
+    let mut snapshot =
+        BackendSnapshot { cooling_down: read(host, &key(backend, "cooldown_until")).0 > now_secs(host), ..Default::default() };
+    match strategy {
+        Strategy::LeastBusy => snapshot.in_flight = read(host, &key(backend, "in_flight")).0,
+        Strategy::LatencyBased => {
+            snapshot.latency_us = u64::try_from(read(host, &key(backend, "ttfb_us")).0).ok().filter(|l| *l > 0);
+        }
+        Strategy::UsageBased => {
+            snapshot.tokens_this_minute = u64::try_from(read(host, &minute_key(host, backend)).0).unwrap_or(0);
+        }
+        Strategy::SimpleShuffle | Strategy::CostBased => {}
     }
+    snapshot
 }
 
-pub fn request_started(host: &dyn Host, backend: &str, estimated_tokens: u64) {
-    update(host, &key(backend, "in_flight"), |n| n + 1);
-    let tokens = i64::try_from(estimated_tokens).unwrap_or(i64::MAX);
-    update(host, &minute_key(host, backend), |n| n.saturating_add(tokens));
+/// Counts a request against its backend where `strategy` balances on it;
+/// true when it was counted in flight (and so must be `request_finished`).
+pub fn request_started(host: &dyn Host, backend: &str, strategy: Strategy, estimated_tokens: u64) -> bool {
+    match strategy {
+        Strategy::LeastBusy => {
+            update(host, &key(backend, "in_flight"), |n| n + 1);
+            true
+        }
+        Strategy::UsageBased => {
+            let tokens = i64::try_from(estimated_tokens).unwrap_or(i64::MAX);
+            update(host, &minute_key(host, backend), |n| n.saturating_add(tokens));
+            false
+        }
+        _ => false,
+    }
 }
 
 pub fn request_finished(host: &dyn Host, backend: &str) {
@@ -99,32 +119,41 @@ mod tests {
     #[test]
     fn in_flight_counts_up_and_down_never_below_zero() {
         let host = FakeHost::new();
-        request_started(&host, "a", 100);
-        request_started(&host, "a", 50);
-        assert_eq!(snapshot(&host, "a").in_flight, 2);
-        assert_eq!(snapshot(&host, "a").tokens_this_minute, 150);
+        assert!(request_started(&host, "a", Strategy::LeastBusy, 100));
+        assert!(request_started(&host, "a", Strategy::LeastBusy, 50));
+        assert_eq!(snapshot(&host, "a", Strategy::LeastBusy).in_flight, 2);
         request_finished(&host, "a");
         request_finished(&host, "a");
         request_finished(&host, "a");
-        assert_eq!(snapshot(&host, "a").in_flight, 0);
+        assert_eq!(snapshot(&host, "a", Strategy::LeastBusy).in_flight, 0);
+    }
+
+    #[test]
+    fn only_what_the_strategy_balances_on_is_counted() {
+        let host = FakeHost::new();
+        assert!(!request_started(&host, "a", Strategy::SimpleShuffle, 100));
+        assert!(!request_started(&host, "a", Strategy::UsageBased, 100));
+        assert!(host.state().shared_data.keys().all(|k| !k.ends_with("in_flight")));
+        assert_eq!(snapshot(&host, "a", Strategy::UsageBased).tokens_this_minute, 100);
+        assert_eq!(snapshot(&host, "a", Strategy::SimpleShuffle), BackendSnapshot::default());
     }
 
     #[test]
     fn tokens_reset_with_the_minute() {
         let host = FakeHost::new();
         host.state().now = Some(UNIX_EPOCH + Duration::from_secs(600));
-        request_started(&host, "a", 100);
+        request_started(&host, "a", Strategy::UsageBased, 100);
         host.state().now = Some(UNIX_EPOCH + Duration::from_secs(660));
-        assert_eq!(snapshot(&host, "a").tokens_this_minute, 0);
+        assert_eq!(snapshot(&host, "a", Strategy::UsageBased).tokens_this_minute, 0);
     }
 
     #[test]
     fn latency_is_a_moving_average() {
         let host = FakeHost::new();
         attempt_finished(&host, "a", false, Some(8000), (3, 30));
-        assert_eq!(snapshot(&host, "a").latency_us, Some(8000));
+        assert_eq!(snapshot(&host, "a", Strategy::LatencyBased).latency_us, Some(8000));
         attempt_finished(&host, "a", false, Some(16000), (3, 30));
-        assert_eq!(snapshot(&host, "a").latency_us, Some(9000));
+        assert_eq!(snapshot(&host, "a", Strategy::LatencyBased).latency_us, Some(9000));
     }
 
     #[test]
@@ -135,11 +164,11 @@ mod tests {
         attempt_finished(&host, "a", true, None, (3, 30));
         attempt_finished(&host, "a", false, None, (3, 30));
         attempt_finished(&host, "a", true, None, (3, 30));
-        assert!(!snapshot(&host, "a").cooling_down, "a success resets the count");
+        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle).cooling_down, "a success resets the count");
         attempt_finished(&host, "a", true, None, (3, 30));
         attempt_finished(&host, "a", true, None, (3, 30));
-        assert!(snapshot(&host, "a").cooling_down);
+        assert!(snapshot(&host, "a", Strategy::SimpleShuffle).cooling_down);
         host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1031));
-        assert!(!snapshot(&host, "a").cooling_down);
+        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle).cooling_down);
     }
 }

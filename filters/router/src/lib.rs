@@ -38,6 +38,10 @@ pub const CLIENT_TIER_HEADER: &str = "x-model-tier";
 pub const STATE_MODEL: &str = "tollgate_model";
 pub const STATE_BACKEND: &str = "tollgate_backend";
 pub const STATE_TIER: &str = "tollgate_tier";
+/// The model the client's body names, and the body's length, so an attempt
+/// that changes nothing need not hold and re-read the body.
+pub const STATE_REQUESTED_MODEL: &str = "tollgate_requested_model";
+pub const STATE_BODY_LENGTH: &str = "tollgate_body_length";
 /// Request header stamped on each upstream attempt (1 for the first try).
 pub const ATTEMPT_HEADER: &str = "x-tollgate-attempt";
 /// Response headers telling the client which backend answered, after how many tries.
@@ -188,16 +192,24 @@ impl Downstream {
                 return Flow::Pause;
             }
         };
-        let backend = match pinned {
-            Some(pinned) => pinned.to_string(),
-            None => {
-                let snapshot = |backend: &str| backend_state::snapshot(host, backend);
+        let backend = match (pinned, group.targets.as_slice()) {
+            (Some(pinned), _) => pinned.to_string(),
+            // One target: nothing to balance, no shared state to read.
+            (None, [only]) => only.backend.clone(),
+            (None, _) => {
+                let snapshot = |backend: &str| backend_state::snapshot(host, backend, group.strategy);
                 match strategy::choose(group, &snapshot, self.random.next()) {
                     Some(target) => target.backend.clone(),
                     None => return Flow::Continue,
                 }
             }
         };
+        let length = body.len().to_string();
+        for (state, value) in [(STATE_REQUESTED_MODEL, summary.model.as_deref().unwrap_or_default()), (STATE_BODY_LENGTH, length.as_str())] {
+            if let Err(e) = host.set_property(&[state], value.as_bytes()) {
+                log::warn!("router: {e}");
+            }
+        }
         let mut decision = vec![(MODEL_HEADER, STATE_MODEL, group.name.as_str()), (BACKEND_HEADER, STATE_BACKEND, backend.as_str())];
         if let Some(tier) = tier {
             decision.push((TIER_HEADER, STATE_TIER, tier));
@@ -214,8 +226,9 @@ impl Downstream {
         // A rough size of what this request costs the backend, for usage-based
         // routing: about four bytes per prompt token, plus the completion cap.
         let estimate = (body.len() / 4) as u64 + summary.max_tokens.unwrap_or(0);
-        backend_state::request_started(host, &backend, estimate);
-        self.chosen = Some(backend);
+        if backend_state::request_started(host, &backend, group.strategy, estimate) {
+            self.chosen = Some(backend);
+        }
         if let Err(e) = host.clear_route_cache() {
             log::error!("router: {e}");
         }
@@ -334,12 +347,20 @@ mod tests {
 
     #[test]
     fn requests_in_flight_are_counted_until_logged() {
-        let host = FakeHost::with_request(&[], br#"{"model":"llama-8b"}"#);
-        let mut filter = factory("tollgate.router").new_filter();
-        filter.on_request_body(&host, 20, true);
-        assert_eq!(backend_state::snapshot(&host, "vllm-8b").in_flight, 1);
-        filter.on_log(&host);
-        assert_eq!(backend_state::snapshot(&host, "vllm-8b").in_flight, 0);
+        let config = r#"{"backends": {"a": {"provider": "openai"}, "b": {"provider": "openai"}},
+                         "models": {"m": {"strategy": "least-busy", "targets": [{"backend": "a"}, {"backend": "b"}]}}}"#;
+        let factory = RouterFactory::configure(&FakeHost::new(), "tollgate.router", config.as_bytes()).unwrap();
+        let host = FakeHost::with_request(&[], br#"{"model":"m"}"#);
+        let mut first = factory.new_filter();
+        first.on_request_body(&host, 13, true);
+        let chosen = host.request_header(BACKEND_HEADER).unwrap();
+        let in_flight = |b: &str| backend_state::snapshot(&host, b, config::Strategy::LeastBusy).in_flight;
+        assert_eq!(in_flight(&chosen), 1);
+        let mut second = factory.new_filter();
+        second.on_request_body(&host, 13, true);
+        assert_ne!(host.request_header(BACKEND_HEADER).unwrap(), chosen, "least-busy avoids the busy one");
+        first.on_log(&host);
+        assert_eq!(in_flight(&chosen), 0);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 use crate::config::{Backend, Provider, Routing};
 use crate::translation::{ClientAsk, Direction, ResponseTranslator};
 use crate::{
-    backend_state, ATTEMPT_HEADER, BACKEND_HEADER, MODEL_HEADER, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_MODEL, TIER_HEADER,
+    backend_state, ATTEMPT_HEADER, BACKEND_HEADER, MODEL_HEADER, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_BODY_LENGTH,
+    STATE_MODEL, STATE_REQUESTED_MODEL, TIER_HEADER,
 };
+use crate::config::{ModelGroup, Strategy};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_core::errors::openai_error_body;
@@ -23,6 +25,10 @@ pub struct Attempt {
     backend: Option<String>,
     attempt: String,
     started: Option<SystemTime>,
+    /// Whether the request headers are held for the body. Once they have
+    /// gone on, the body callbacks must not touch them: the host then
+    /// answers header calls with an error the SDK turns into a panic.
+    holding_headers: bool,
     /// Set when the client's API differs from the backend's.
     translation: Option<(Direction, ClientAsk)>,
     response: Option<ResponseTranslator>,
@@ -30,7 +36,15 @@ pub struct Attempt {
 
 impl Attempt {
     pub fn new(routing: Rc<Routing>) -> Self {
-        Self { routing, backend: None, attempt: "1".to_string(), started: None, translation: None, response: None }
+        Self {
+            routing,
+            backend: None,
+            attempt: "1".to_string(),
+            started: None,
+            holding_headers: false,
+            translation: None,
+            response: None,
+        }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
@@ -51,20 +65,49 @@ impl Attempt {
                 None
             }
         };
-        if self.backend_config().is_none() {
+        let Some(config) = self.backend_config() else {
             return Flow::Continue;
-        }
-        if end_of_stream {
+        };
+        let path = header(host, ":path").unwrap_or_default();
+        let translating = Direction::between(&path, config.provider).is_some();
+        if end_of_stream || (!translating && self.body_stays(host)) {
+            // Nothing in the body changes: no need to hold it. The length is
+            // restated, since an earlier attempt may have sent another body.
+            if !end_of_stream {
+                if let Some(length) = state(host, STATE_BODY_LENGTH) {
+                    set(host, HeaderMap::Request, "content-length", Some(&length));
+                }
+            }
             self.rewrite_headers(host);
             return Flow::Continue;
         }
-        // Hold the headers until the body is here: the model id in the body and
-        // the content-length header change together.
+        // Hold the headers until the body is here: the body and its
+        // content-length change together.
+        self.holding_headers = true;
         Flow::Pause
     }
 
+    /// Whether the body already names the model this backend knows the
+    /// decided group by (the common case: no rewrite, no pause).
+    fn body_stays(&self, host: &dyn Host) -> bool {
+        let (Some(requested), Some(length)) = (state(host, STATE_REQUESTED_MODEL), state(host, STATE_BODY_LENGTH)) else {
+            return false;
+        };
+        !length.is_empty() && self.target_model(host).is_some_and(|target| target == requested)
+    }
+
+    fn decided_group(&self, host: &dyn Host) -> Option<&ModelGroup> {
+        self.routing.group(&state(host, STATE_MODEL)?)
+    }
+
+    /// The model id the reached backend knows the decided group by.
+    fn target_model(&self, host: &dyn Host) -> Option<String> {
+        let group = self.decided_group(host)?;
+        self.routing.model_for_backend(group, self.backend.as_deref()?).map(str::to_string)
+    }
+
     pub fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
-        if self.backend_config().is_none() {
+        if !self.holding_headers {
             return Flow::Continue;
         }
         if !end_of_stream {
@@ -93,6 +136,7 @@ impl Attempt {
         }
         set(host, HeaderMap::Request, "content-length", Some(&length.to_string()));
         self.rewrite_headers(host);
+        self.holding_headers = false;
         Flow::Continue
     }
 
@@ -107,7 +151,10 @@ impl Attempt {
             .and_then(|start| host.now().duration_since(start).ok())
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let cooldown = (self.routing.cooldown.failures, self.routing.cooldown.seconds);
-        backend_state::attempt_finished(host, &backend, failed, if failed { None } else { ttfb_us }, cooldown);
+        // Time to first byte is kept only for groups balancing on it.
+        let latency_based = self.decided_group(host).is_some_and(|g| g.strategy == Strategy::LatencyBased);
+        let ttfb_us = if failed || !latency_based { None } else { ttfb_us };
+        backend_state::attempt_finished(host, &backend, failed, ttfb_us, cooldown);
         set(host, HeaderMap::Response, RESPONSE_BACKEND_HEADER, Some(&backend));
         set(host, HeaderMap::Response, RESPONSE_ATTEMPTS_HEADER, Some(&self.attempt));
         if let Some((direction, ask)) = self.translation.clone() {
@@ -158,9 +205,8 @@ impl Attempt {
             return Ok(None);
         };
         let requested = object.get("model").and_then(|m| m.as_str()).unwrap_or_default().to_string();
-        let decided = host.property(&[STATE_MODEL]).ok().flatten().and_then(|v| String::from_utf8(v).ok());
-        let target = decided
-            .and_then(|group| self.routing.group(&group))
+        let target = self
+            .decided_group(host)
             .and_then(|group| self.routing.model_for_backend(group, backend))
             .unwrap_or(requested.as_str())
             .to_string();
@@ -240,6 +286,11 @@ fn header(host: &dyn Host, name: &str) -> Option<String> {
     header_in(host, HeaderMap::Request, name)
 }
 
+/// A filter-state value set by the downstream half.
+fn state(host: &dyn Host, key: &str) -> Option<String> {
+    host.property(&[key]).ok().flatten().and_then(|v| String::from_utf8(v).ok())
+}
+
 fn header_in(host: &dyn Host, map: HeaderMap, name: &str) -> Option<String> {
     host.header(map, name).ok().flatten()
 }
@@ -304,6 +355,24 @@ mod tests {
         filter.on_response_headers(&host, false);
         assert_eq!(host.response_header(RESPONSE_BACKEND_HEADER).as_deref(), Some("openai"));
         assert_eq!(host.response_header(RESPONSE_ATTEMPTS_HEADER).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn an_attempt_that_changes_nothing_does_not_hold_the_body() {
+        let host = FakeHost::with_request(&[(MODEL_HEADER, "llama-8b"), ("content-length", "99"), ("x-envoy-attempt-count", "2")], b"");
+        let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
+        for (key, value) in [(path, "vllm-8b"), (vec![STATE_MODEL.to_string()], "llama-8b"),
+                             (vec![STATE_REQUESTED_MODEL.to_string()], "llama-8b"), (vec![STATE_BODY_LENGTH.to_string()], "36")] {
+            host.state().properties.insert(key, value.as_bytes().to_vec());
+        }
+        let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
+        assert_eq!(filter.on_request_headers(&host, false), Flow::Continue);
+        assert_eq!(host.request_header("content-length").as_deref(), Some("36"), "restated for this attempt");
+        assert_eq!(host.request_header(MODEL_HEADER), None);
+        // The headers went on: the body callback must leave them alone.
+        host.state().request_headers_sent = true;
+        host.state().request_body = br#"{"model":"llama-8b","messages":[]}"#.to_vec();
+        assert_eq!(filter.on_request_body(&host, 36, true), Flow::Continue);
     }
 
     #[test]
@@ -389,6 +458,6 @@ mod tests {
             host.set_response(&[(":status", status)], b"");
             filter.on_response_headers(&host, false);
         }
-        assert!(backend_state::snapshot(&host, "vllm-8b").cooling_down);
+        assert!(backend_state::snapshot(&host, "vllm-8b", crate::config::Strategy::SimpleShuffle).cooling_down);
     }
 }
