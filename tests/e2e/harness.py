@@ -48,12 +48,7 @@ class Gateway:
             httpx.post(f"{url}/mock/reset").raise_for_status()
 
     def logs(self) -> str:
-        parts = []
-        for name in sorted(os.listdir(self.run_dir)):
-            if name.endswith(".log"):
-                text = (self.run_dir / name).read_text(errors="replace")
-                parts.append(f"----- {name} (last 4000 chars) -----\n{text[-4000:]}")
-        return "\n".join(parts)
+        return run_dir_logs(self.run_dir)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -63,6 +58,16 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def run_dir_logs(run_dir: Path) -> str:
+    """The tail of every log in a run directory, for a failed test's report."""
+    parts = []
+    for name in sorted(os.listdir(run_dir)):
+        if name.endswith(".log"):
+            text = (run_dir / name).read_text(errors="replace")
+            parts.append(f"----- {name} (last 4000 chars) -----\n{text[-4000:]}")
+    return "\n".join(parts)
 
 
 def start_gateway(run_dir: Path, config: Path = DEFAULT_CONFIG, filters: str | None = None,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from harness import run_dir_logs
+
 ROOT = Path(__file__).resolve().parents[2]
 RATELIMIT = ROOT / "target/native/ratelimit"
 MOCK = ROOT / "target/native/mock-llm"
@@ -180,12 +182,7 @@ class Stack:
         return f"http://127.0.0.1:{port}"
 
     def logs(self) -> str:
-        parts = []
-        for name in sorted(os.listdir(self.run_dir)):
-            if name.endswith(".log"):
-                text = (self.run_dir / name).read_text(errors="replace")
-                parts.append(f"----- {name} (last 4000 chars) -----\n{text[-4000:]}")
-        return "\n".join(parts)
+        return run_dir_logs(self.run_dir)
 
     def stop(self) -> None:
         for _, process in reversed(self.processes):
