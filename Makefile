@@ -19,7 +19,7 @@ OHA := $(TOOLS)/bin/oha
 LOGIC_CRATES := -p tollgate-host -p tollgate-core -p tollgate-router -p tollgate-meter -p tollgate-guard -p tollgate-ratelimit-proto
 WASM_CRATES := -p tollgate-router-wasm -p tollgate-meter-wasm -p tollgate-guard-wasm
 
-.PHONY: help deps wasm-target envoy python node redis build run test lint test-native test-wasm test-envoy-configs test-e2e test-gateway-api bench clean
+.PHONY: help deps wasm-target envoy python node redis prometheus build run test lint test-native test-wasm test-envoy-configs test-e2e test-gateway-api bench clean
 
 help:
 	@echo "make run    start the gateway on its embedded defaults (examples/tollgate.yaml)"
@@ -54,7 +54,11 @@ node:
 redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
-deps: wasm-target envoy python node redis
+# Prometheus for the meter's end-to-end test (the test starts its own server).
+prometheus:
+	@command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus; }
+
+deps: wasm-target envoy python node redis prometheus
 
 # --- build ----------------------------------------------------------------
 

@@ -55,6 +55,8 @@ pub struct RenderOptions<'a> {
     pub admin: &'a str,
     /// Actual ports of backends started on ephemeral ports, by name.
     pub backend_ports: &'a BTreeMap<String, u16>,
+    /// Actual gRPC port of the rate-limit service `tollgate run` started.
+    pub ratelimit_port: Option<u16>,
 }
 
 /// Root id of the router's per-attempt half (see `tollgate_router::ROOT_ID_UPSTREAM`).
@@ -63,6 +65,7 @@ const ROUTER_UPSTREAM_ROOT_ID: &str = "tollgate.router.upstream";
 pub fn render(config: &GatewayConfig, options: &RenderOptions<'_>) -> Result<Value> {
     let routing = config.routing()?;
     let router_config = config.router_config()?;
+    let guard_config = config.guard_config()?;
     let key_variables = config.key_variables();
     let plugin = |filter: Filter, root_id: &str, filter_config: &Value| Plugin {
         filter,
@@ -76,7 +79,7 @@ pub fn render(config: &GatewayConfig, options: &RenderOptions<'_>) -> Result<Val
         let filter_config = match filter {
             Filter::Router => config.filters.router.as_ref().map(|_| &router_config),
             Filter::Meter => config.filters.meter.as_ref(),
-            Filter::Guard => config.filters.guard.as_ref(),
+            Filter::Guard => guard_config.as_ref(),
         };
         let Some(filter_config) = filter_config else {
             bail!("filter `{}` is requested but has no entry under `filters:`", filter.name());
@@ -99,6 +102,11 @@ pub fn render(config: &GatewayConfig, options: &RenderOptions<'_>) -> Result<Val
         let order = routing.attempt_order(group, primary);
         let order: Vec<&str> = order.iter().map(String::as_str).collect();
         clusters.push(cluster(&name, &order, config, options, &upstream_filters)?);
+    }
+    if options.filters.contains(&Filter::Guard) {
+        if let (Some(name), Some(service)) = (config.guard_cluster()?, &config.ratelimit) {
+            clusters.push(ratelimit_cluster(&name, service.target(), options.ratelimit_port)?);
+        }
     }
 
     Ok(json!({
@@ -175,6 +183,11 @@ impl Plugin<'_> {
             // The meter holds request headers until the body is read (it may
             // add stream_options.include_usage) and non-streamed response
             // headers until the body is (usage headers).
+            plugin["allow_on_headers_stop_iteration"] = json!(true);
+        }
+        if self.filter == Filter::Guard {
+            // The guard holds request headers until the body is read (its
+            // budget estimate needs the prompt and max_tokens).
             plugin["allow_on_headers_stop_iteration"] = json!(true);
         }
         json!({
@@ -311,6 +324,32 @@ fn cluster(name: &str, order: &[&str], config: &GatewayConfig, options: &RenderO
     Ok(cluster)
 }
 
+/// The rate-limit service the guard calls: gRPC, so HTTP/2.
+fn ratelimit_cluster(name: &str, address: &str, port: Option<u16>) -> Result<Value> {
+    let (host, configured) = address.rsplit_once(':').with_context(|| format!("ratelimit: `{address}` is not host:port"))?;
+    let configured: u16 = configured.parse().with_context(|| format!("ratelimit: bad port in `{address}`"))?;
+    let mut cluster = json!({
+        "name": name,
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": host, "port_value": port.unwrap_or(configured)}}
+        }}]}]},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        }
+    });
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        cluster["type"] = json!("STATIC");
+    } else {
+        cluster["type"] = json!("STRICT_DNS");
+        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    Ok(cluster)
+}
+
 fn timeout(config: &GatewayConfig, backend: &str) -> String {
     let ms = config.backend(backend).map_or(60_000, |b| b.timeout_ms);
     format!("{}s", ms as f64 / 1000.0)
@@ -426,6 +465,7 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
                 listen: "127.0.0.1:0",
                 admin: "127.0.0.1:9901",
                 backend_ports: ports,
+                ratelimit_port: None,
             },
         )
     }
@@ -467,6 +507,45 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
         let meter = &hcm["http_filters"][1]["typed_config"]["config"];
         assert_eq!(meter["allow_on_headers_stop_iteration"], true, "the meter holds headers for bodies");
         assert!(meter["vm_config"].get("environment_variables").is_none(), "only the router sees keys");
+    }
+
+    #[test]
+    fn the_guard_gets_an_http2_cluster_for_the_rate_limit_service_and_the_meters_prices() {
+        let mut config = config();
+        config.filters.guard = Some(json!({"rate_limits": [{"descriptor": [{"key": "user_id", "from": "user"}]}]}));
+        config.filters.meter = Some(json!({"models": {"m": {"input": 1, "output": 2}}}));
+        config.ratelimit = Some(serde_yaml::from_str("{config: rls.yaml, listen: '127.0.0.1:8081'}").unwrap());
+        let no_ports = BTreeMap::new();
+        let options = |port| RenderOptions {
+            wasm_dir: Path::new("/w"),
+            filters: &Filter::ALL,
+            listen: "127.0.0.1:0",
+            admin: "127.0.0.1:9901",
+            backend_ports: &no_ports,
+            ratelimit_port: port,
+        };
+        let b = render(&config, &options(None)).unwrap();
+        let rls = cluster(&b, "ratelimit");
+        assert_eq!(rls["type"], "STATIC");
+        assert!(rls["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["explicit_http_config"]
+            .get("http2_protocol_options")
+            .is_some());
+        assert_eq!(rls["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 8081);
+        let b = render(&config, &options(Some(40999))).unwrap();
+        assert_eq!(
+            cluster(&b, "ratelimit")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"],
+            40999
+        );
+        let hcm = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let guard = &hcm["http_filters"][2]["typed_config"]["config"];
+        assert_eq!(guard["root_id"], "tollgate.guard");
+        assert_eq!(guard["allow_on_headers_stop_iteration"], true, "the guard holds headers for bodies");
+        let guard_json: Value = serde_json::from_str(guard["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(guard_json["prices"]["m"], json!({"input": 1, "output": 2}), "priced as the meter prices");
+        // Without the guard, no cluster.
+        let b = render_with(&[Filter::Router], &BTreeMap::new()).unwrap();
+        assert!(b["static_resources"]["clusters"].as_array().unwrap().iter().all(|c| c["name"] != "ratelimit"));
     }
 
     #[test]

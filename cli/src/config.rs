@@ -37,6 +37,48 @@ pub struct GatewayConfig {
     /// Each filter's own JSON configuration; a filter left out is not installed.
     #[serde(default)]
     pub filters: FilterConfigs,
+    /// The rate-limit service the guard calls (`tollgate run` starts it).
+    #[serde(default)]
+    pub ratelimit: Option<RateLimitService>,
+}
+
+/// The rate-limit service (services/ratelimit) the guard filter calls over
+/// gRPC: the Envoy bootstrap gets an HTTP/2 cluster for it, named as the
+/// guard's `cluster` (default `ratelimit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitService {
+    /// envoyproxy/ratelimit configuration: a file, or a directory of `*.yaml`
+    /// (a relative path is relative to the working directory).
+    #[serde(default)]
+    pub config: Option<std::path::PathBuf>,
+    /// Redis URL for counters shared by replicas; in memory without it.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Where `tollgate run` starts it: gRPC, and HTTP (/healthcheck, /metrics).
+    #[serde(default = "default_ratelimit_listen")]
+    pub listen: String,
+    #[serde(default = "default_ratelimit_http_listen")]
+    pub http_listen: String,
+    /// `host:port` of a service that is already running: `tollgate run`
+    /// starts none and the cluster points there.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+fn default_ratelimit_listen() -> String {
+    "127.0.0.1:8081".to_string()
+}
+
+fn default_ratelimit_http_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+impl RateLimitService {
+    /// The address the guard's cluster points at.
+    pub fn target(&self) -> &str {
+        self.address.as_deref().unwrap_or(&self.listen)
+    }
 }
 
 fn default_listen() -> String {
@@ -223,6 +265,37 @@ impl GatewayConfig {
         Ok(serde_json::Value::Object(config))
     }
 
+    /// The guard filter's JSON configuration: `filters.guard`, with the
+    /// meter's price table as its `prices` unless it sets its own, so both
+    /// price a request alike.
+    pub fn guard_config(&self) -> Result<Option<serde_json::Value>> {
+        let mut config = match &self.filters.guard {
+            None => return Ok(None),
+            Some(serde_json::Value::Object(settings)) => settings.clone(),
+            Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(_) => bail!("filters.guard: must be an object"),
+        };
+        if !config.contains_key("prices") {
+            if let Some(prices) = self.filters.meter.as_ref().and_then(|m| m.get("models")) {
+                config.insert("prices".into(), prices.clone());
+            }
+        }
+        Ok(Some(serde_json::Value::Object(config)))
+    }
+
+    /// The Envoy cluster the guard calls, when its configuration calls the
+    /// rate-limit service at all (it has request limits or budgets).
+    pub fn guard_cluster(&self) -> Result<Option<String>> {
+        let Some(guard) = self.guard_config()? else { return Ok(None) };
+        let calls = ["rate_limits", "budgets"]
+            .iter()
+            .any(|k| guard.get(k).and_then(serde_json::Value::as_array).is_some_and(|a| !a.is_empty()));
+        if !calls {
+            return Ok(None);
+        }
+        Ok(Some(guard.get("cluster").and_then(serde_json::Value::as_str).unwrap_or("ratelimit").to_string()))
+    }
+
     /// The router's compiled view of this file (keys are not read here).
     pub fn routing(&self) -> Result<Routing> {
         let json = self.router_config()?.to_string();
@@ -278,6 +351,17 @@ impl GatewayConfig {
         }
         if self.default_route.iter().all(|w| w.weight == 0) {
             bail!("default_route: weights must not all be 0");
+        }
+        if let Some(cluster) = self.guard_cluster()? {
+            let Some(service) = &self.ratelimit else {
+                bail!("filters.guard calls a rate-limit service (cluster `{cluster}`): add a `ratelimit:` section");
+            };
+            if service.address.is_none() && service.config.is_none() {
+                bail!("ratelimit: needs `config` (the service's rules) or the `address` of a running service");
+            }
+            if self.backend(&cluster).is_some() {
+                bail!("filters.guard.cluster: `{cluster}` is also a backend's name");
+            }
         }
         Ok(())
     }
@@ -356,6 +440,20 @@ filters: {router: {max_body_bytes: 10}}
         assert_eq!(config.key_variables(), ["ANTHROPIC_API_KEY", "TOLLGATE_API_KEY_AZURE"]);
         let twice = yaml.replace("filters: {router: {max_body_bytes: 10}}", "filters: {router: {models: {}}}");
         assert!(parse(&twice).unwrap_err().to_string().contains("filters.router.models"));
+    }
+
+    #[test]
+    fn a_guard_that_calls_the_rate_limit_service_needs_one() {
+        let guard = "filters: {guard: {budgets: [{name: b, tokens: 10, window: day}]}}\n";
+        let e = parse(&format!("{MINIMAL}{guard}")).unwrap_err();
+        assert!(e.to_string().contains("add a `ratelimit:` section"), "{e}");
+        let config = parse(&format!("{MINIMAL}{guard}ratelimit: {{config: examples/ratelimit/ai-gateway.yaml}}\n")).unwrap();
+        assert_eq!(config.guard_cluster().unwrap().as_deref(), Some("ratelimit"));
+        assert_eq!(config.ratelimit.as_ref().unwrap().target(), "127.0.0.1:8081");
+        let e = parse(&format!("{MINIMAL}{guard}ratelimit: {{}}\n")).unwrap_err();
+        assert!(e.to_string().contains("needs `config`"), "{e}");
+        // A guard with nothing to ask the service needs none.
+        assert!(parse(&format!("{MINIMAL}filters: {{guard: {{}}}}\n")).unwrap().guard_cluster().unwrap().is_none());
     }
 
     #[test]

@@ -55,6 +55,9 @@ enum Commands {
         envoy: Option<PathBuf>,
         #[arg(long, default_value = "target/native/mock-llm")]
         mock_bin: PathBuf,
+        /// The rate-limit service started for the guard (`ratelimit:` section).
+        #[arg(long, default_value = "target/native/ratelimit")]
+        ratelimit_bin: PathBuf,
         /// Where bootstrap, port files and logs go.
         #[arg(long, default_value = ".run")]
         run_dir: PathBuf,
@@ -108,12 +111,13 @@ fn main() -> Result<()> {
                     listen: &listen,
                     admin: &admin,
                     backend_ports: &BTreeMap::new(),
+                    ratelimit_port: None,
                 },
             )?;
             println!("{}", serde_json::to_string_pretty(&bootstrap)?);
             Ok(())
         }
-        Commands::Run { common, envoy, mock_bin, run_dir, ephemeral, state_file, concurrency, quiet, envoy_log_level } => {
+        Commands::Run { common, envoy, mock_bin, ratelimit_bin, run_dir, ephemeral, state_file, concurrency, quiet, envoy_log_level } => {
             let config = config::GatewayConfig::load(&common.config)?;
             let envoy_bin = envoy
                 .or_else(|| std::env::var_os("ENVOY_BIN").map(PathBuf::from))
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
                 wasm_dir: common.wasm_dir,
                 envoy_bin,
                 mock_bin,
+                ratelimit_bin,
                 run_dir,
                 ephemeral,
                 state_file,

@@ -21,6 +21,8 @@ pub struct RunOptions {
     pub wasm_dir: PathBuf,
     pub envoy_bin: PathBuf,
     pub mock_bin: PathBuf,
+    /// The rate-limit service, started when the guard calls one.
+    pub ratelimit_bin: PathBuf,
     pub run_dir: PathBuf,
     /// Put the listener, admin and mocks on ports the kernel picks (tests).
     pub ephemeral: bool,
@@ -166,6 +168,8 @@ fn start_and_wait(
         backend_urls.insert(backend.name.clone(), format!("http://{}:{actual}", endpoint.host));
     }
 
+    let ratelimit = start_ratelimit(config, options, run_dir, processes)?;
+
     let (listen, admin) = if options.ephemeral {
         (with_port(&config.listen, 0), with_port(&config.admin, 0))
     } else {
@@ -180,6 +184,7 @@ fn start_and_wait(
             listen: &listen,
             admin: &admin,
             backend_ports: &backend_ports,
+            ratelimit_port: ratelimit.as_ref().map(|r| r.port),
         },
     )?;
     let bootstrap_path = run_dir.join("envoy.json");
@@ -204,6 +209,9 @@ fn start_and_wait(
         .args(["--concurrency", &options.concurrency.to_string()])
         // Several gateways (tests, benchmarks) may run side by side.
         .arg("--disable-hot-restart")
+        // Access-log lines (the meter's per-request record) show up within
+        // a fraction of a second instead of Envoy's default 10 s.
+        .args(["--file-flush-interval-msec", "250"])
         .args(["--log-level", &options.envoy_log_level, "--log-path"])
         .arg(run_dir.join("envoy.log"));
     let mut envoy = spawn("envoy", &mut command, &run_dir.join("access.log"))?;
@@ -233,6 +241,10 @@ fn start_and_wait(
         "envoy_log": run_dir.join("envoy.log"),
         "access_log": run_dir.join("access.log"),
         "filters": options.filters.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "ratelimit": ratelimit.as_ref().map(|r| json!({
+            "grpc": format!("{}:{}", r.host, r.port),
+            "http_url": r.http_port.map(|p| format!("http://{}:{p}", r.host)),
+        })),
     });
     if let Some(path) = &options.state_file {
         // Written last and atomically: its presence means "ready".
@@ -242,6 +254,13 @@ fn start_and_wait(
     }
     if !options.quiet {
         print_banner(&gateway_url, &admin_url, &backend_urls, options, run_dir);
+        if let Some(r) = &ratelimit {
+            println!("  ratelimit  grpc {}:{}  (metrics: http://{}:{}/metrics)", r.host, r.port, r.host, r.http_port.unwrap_or(0));
+            println!("  The guard limits each caller (API key, else x-user-id) as examples/ratelimit and filters.guard say:");
+            println!("    curl -si {gateway_url}/v1/chat/completions -H 'content-type: application/json' -H 'x-user-id: me' \\");
+            println!("      -d '{{\"model\":\"llama-70b\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}' | grep -i x-ratelimit");
+            println!();
+        }
     }
 
     while !stop.load(Ordering::SeqCst) {
@@ -253,6 +272,64 @@ fn start_and_wait(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// The rate-limit service as started.
+struct RateLimitStarted {
+    host: String,
+    port: u16,
+    http_port: Option<u16>,
+}
+
+/// Starts `target/native/ratelimit` when the guard is installed and calls a
+/// service that `ratelimit:` does not say is already running.
+fn start_ratelimit(
+    config: &GatewayConfig,
+    options: &RunOptions,
+    run_dir: &Path,
+    processes: &mut Vec<Process>,
+) -> Result<Option<RateLimitStarted>> {
+    if !options.filters.contains(&Filter::Guard) || config.guard_cluster()?.is_none() {
+        return Ok(None);
+    }
+    let Some(service) = &config.ratelimit else { return Ok(None) };
+    if service.address.is_some() {
+        return Ok(None);
+    }
+    let Some(rules) = &service.config else { bail!("ratelimit: needs `config`") };
+    if !options.ratelimit_bin.exists() {
+        bail!("{} not found: run `make build` first", options.ratelimit_bin.display());
+    }
+    let (host, _) = service.listen.rsplit_once(':').with_context(|| format!("ratelimit.listen: `{}` is not host:port", service.listen))?;
+    let (grpc, http) = if options.ephemeral {
+        (with_port(&service.listen, 0), with_port(&service.http_listen, 0))
+    } else {
+        (service.listen.clone(), service.http_listen.clone())
+    };
+    let port_file = run_dir.join("ratelimit.port");
+    let http_port_file = run_dir.join("ratelimit.http-port");
+    for file in [&port_file, &http_port_file] {
+        let _ = fs::remove_file(file);
+    }
+    let mut command = Command::new(&options.ratelimit_bin);
+    command
+        .arg("--config")
+        .arg(rules)
+        .args(["--grpc-listen", &grpc, "--http-listen", &http])
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--http-port-file")
+        .arg(&http_port_file);
+    if let Some(url) = &service.redis_url {
+        command.args(["--redis-url", url]);
+    }
+    let mut process = spawn("ratelimit", &mut command, &run_dir.join("ratelimit.log"))?;
+    let port = wait_for_file(&port_file, &mut process, Duration::from_secs(10));
+    let http_port = wait_for_file(&http_port_file, &mut process, Duration::from_secs(10));
+    processes.push(process);
+    let port: u16 = port?.parse().context("the rate-limit service wrote a bad port")?;
+    let http_port = http_port.ok().and_then(|p| p.parse().ok());
+    Ok(Some(RateLimitStarted { host: host.to_string(), port, http_port }))
 }
 
 fn shut_down(processes: &mut [Process]) {

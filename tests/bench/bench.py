@@ -52,6 +52,53 @@ def load(oha: str, url: str, concurrency: int, seconds: int, pid: int) -> dict:
     }
 
 
+STREAM_BODY = json.dumps({"model": "llama-70b", "max_tokens": 16, "stream": True,
+                          "messages": [{"role": "user", "content": "Summarise the benefits of an AI gateway in one line."}]})
+
+
+def first_byte_ms(url: str) -> float:
+    """Milliseconds from sending a streamed chat request to its first body byte
+    (the client did not ask for usage: with the meter, the stream is rewritten)."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        headers = {"content-type": "application/json", "x-model-tier": "quality"}
+        started = time.perf_counter()
+        connection.request("POST", "/v1/chat/completions", body=STREAM_BODY, headers=headers)
+        response = connection.getresponse()
+        first = response.read1(1)
+        elapsed = (time.perf_counter() - started) * 1000
+        response.read()
+        if response.status != 200 or not first:
+            raise RuntimeError(f"stream failed: {response.status}")
+        return elapsed
+    finally:
+        connection.close()
+
+
+def stream_first_byte(targets: dict, labels: list[str], requests: int) -> list[str]:
+    """Interleaved sequential streamed requests; median and p90 time to the
+    first body byte per target, and the difference to plain Envoy."""
+    samples = {label: [] for label in labels}
+    for _ in range(requests):
+        for label in labels:
+            samples[label].append(first_byte_ms(targets[label][0]))
+    base = statistics.median(samples["plain Envoy"])
+    lines = ["", f"Streamed chat completions, time to first body byte, {requests} sequential requests per target, "
+             "interleaved (concurrency 1):", "",
+             "| target | median ms | p90 ms | median vs plain Envoy |", "|---|---:|---:|---:|"]
+    for label in labels:
+        values = sorted(samples[label])
+        median = statistics.median(values)
+        p90 = values[int(len(values) * 0.9) - 1]
+        lines.append(f"| {label} | {median:.3f} | {p90:.3f} | {median - base:+.3f} ms |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--oha", default=".tools/bin/oha")
@@ -59,6 +106,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--stream-requests", type=int, default=300,
+                        help="streamed requests per target for the time-to-first-byte table (0: skip)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -81,6 +130,9 @@ def main() -> int:
                     print(f"round {round_number + 1} c={concurrency:<3} {label:<12} "
                           f"{sample['rps']:>9.0f} rps  p50 {sample['p50_ms']:.2f} ms  "
                           f"p99 {sample['p99_ms']:.2f} ms  errors {sample['errors']}", flush=True)
+        first_byte = []
+        if args.stream_requests:
+            first_byte = stream_first_byte(targets, ["plain Envoy", "meter", "all filters"], args.stream_requests)
     finally:
         for gw in gateways.values():
             gw.stop()
@@ -104,6 +156,7 @@ def main() -> int:
             lines.append(f"| {label} | {concurrency} | {rps:,.0f} | {median(label, concurrency, 'p50_ms'):.2f} | "
                          f"{median(label, concurrency, 'p99_ms'):.2f} | {rps / base:.2f}× | "
                          f"{median(label, concurrency, 'cpu_us_per_req'):.0f} | {errors} |")
+    lines += first_byte
     report = "\n".join(lines) + "\n"
     Path(args.out).write_text(report)
     print("\n" + report)

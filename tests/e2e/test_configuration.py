@@ -22,8 +22,8 @@ def test_unknown_filter_field_is_refused(tmp_path):
 
 
 def test_gateway_configuration_errors_name_the_field(tmp_path):
-    config = variant_config(tmp_path, lambda c: c["tiers"].update(fast="no-such-backend"))
+    config = variant_config(tmp_path, lambda c: c["tiers"].update(fast={"model": "no-such-model"}))
     result = subprocess.run([str(TOLLGATE), "render", "--config", str(config)], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0
-    assert "tiers.fast: unknown backend `no-such-backend`" in result.stderr
+    assert "invalid configuration at `tiers.fast.model`: unknown model `no-such-model`" in result.stderr

@@ -111,3 +111,17 @@ def test_prometheus_endpoint_is_scrapeable(gateway):
     # Each filter's plugin is loaded (Envoy keeps per-plugin VM stats).
     for plugin in ("tollgate_router", "tollgate_router_upstream", "tollgate_meter", "tollgate_guard"):
         assert f"envoy_wasm_{plugin}_vm_reload_failure{{}}" in samples, plugin
+
+
+def test_header_values_that_are_not_utf8_do_not_crash_a_filter(gateway):
+    """HTTP allows obs-text bytes in header values; the SDK's header read would
+    panic on them and abort the VM, failing every later request on it."""
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for _ in range(4):  # reach both workers' VMs
+            r = client.post("/v1/chat/completions", json=CHAT,
+                            headers={"x-model-tier": b"fast\xe9", "x-tollgate-team": b"caf\xe9"})
+            assert r.status_code in (200, 400), r.text
+        for _ in range(8):
+            assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    envoy_log = open(gateway.state["envoy_log"]).read()
+    assert "panicked" not in envoy_log

@@ -1058,7 +1058,8 @@ def test_the_patch_policy_matches_the_generated_names_and_the_local_gateway(docu
     assert set(metadata_ops) == expected_keys
     local_metadata = {m["filter_metadata"]["tollgate"]["backend"]: m["filter_metadata"]["tollgate"]
                       for c in local_clusters().values() for loc in c["load_assignment"]["endpoints"]
-                      for m in (e["metadata"] for e in loc["lb_endpoints"])}
+                      for m in (e.get("metadata", {}) for e in loc["lb_endpoints"])
+                      if "tollgate" in m.get("filter_metadata", {})}  # not the guard's rate-limit service
     for op in metadata_ops.values():
         assert op["value"] == local_metadata[op["value"]["backend"]]
 

@@ -44,8 +44,9 @@ def cost_nanos(model: str, prompt: int, completion: int) -> int:
     return prompt * price["input"] + completion * price["output"]
 
 
-def access_log(gw, request_id: str, timeout: float = 5.0) -> dict:
-    """The access-log line of one request (Envoy writes it when the stream ends)."""
+def access_log(gw, request_id: str, timeout: float = 15.0) -> dict:
+    """The access-log line of one request. Envoy writes it when the stream ends
+    and flushes its log file every 10 s (--file-flush-interval-msec)."""
     path = Path(gw.state.get("access_log") or gw.run_dir / "access.log")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

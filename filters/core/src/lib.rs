@@ -6,6 +6,8 @@ pub mod errors;
 pub mod prices;
 pub mod request;
 pub mod sse;
+pub mod tiktoken;
 pub mod tokens;
 pub mod translate;
+mod unicode_classes;
 pub mod usage;

@@ -101,19 +101,6 @@ struct Message {
     name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
-    #[serde(default)]
-    messages: Vec<Message>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AnthropicRequest {
-    #[serde(default)]
-    system: Option<Content>,
-    #[serde(default)]
-    messages: Vec<Message>,
-}
 
 /// A completions `prompt` or embeddings `input`: text(s) or token ids.
 #[derive(Debug, Deserialize)]
@@ -138,16 +125,52 @@ impl Inputs {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct CompletionRequest {
+/// The fields of a request body the meter reads, parsed in one pass: the
+/// model, the stream options, and whatever holds the prompt for each API.
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestBody {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<serde_json::Value>,
+    /// Chat completions and Anthropic messages.
+    #[serde(default)]
+    messages: Vec<Message>,
+    /// Anthropic's system prompt.
+    #[serde(default)]
+    system: Option<Content>,
+    /// Completions.
     #[serde(default)]
     prompt: Option<Inputs>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EmbeddingRequest {
+    /// Embeddings.
     #[serde(default)]
     input: Option<Inputs>,
+}
+
+impl RequestBody {
+    /// `None` when the body is not a JSON object of the known shapes.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// Estimated prompt tokens; `None` for an API whose prompt we do not know.
+    pub fn prompt_tokens(&self, counter: &dyn CountTokens, api: Api) -> Option<u64> {
+        match api {
+            Api::ChatCompletions => Some(chat_prompt(counter, &self.messages)),
+            // Anthropic's tokenizer is not public: count the system prompt and
+            // message texts with the model's configured encoding, no framing.
+            Api::Messages => {
+                let system = self.system.as_ref().map_or(0, |s| s.count(counter));
+                let messages: u64 = self.messages.iter().filter_map(|m| m.content.as_ref()).map(|c| c.count(counter)).sum();
+                Some(system + messages)
+            }
+            Api::Completions => Some(self.prompt.as_ref().map_or(0, |p| p.count(counter))),
+            Api::Embeddings => Some(self.input.as_ref().map_or(0, |i| i.count(counter))),
+            Api::Other => None,
+        }
+    }
 }
 
 /// OpenAI's chat recipe (tools are not counted).
@@ -166,29 +189,7 @@ fn chat_prompt(counter: &dyn CountTokens, messages: &[Message]) -> u64 {
 /// Estimated prompt tokens of a request body; `None` when the body is not
 /// JSON of the API's shape (or the API has no prompt we know).
 pub fn estimate_prompt(counter: &dyn CountTokens, api: Api, body: &[u8]) -> Option<u64> {
-    match api {
-        Api::ChatCompletions => {
-            let request: ChatRequest = serde_json::from_slice(body).ok()?;
-            Some(chat_prompt(counter, &request.messages))
-        }
-        Api::Messages => {
-            // Anthropic's tokenizer is not public: count the system prompt and
-            // message texts with the model's configured encoding, no framing.
-            let request: AnthropicRequest = serde_json::from_slice(body).ok()?;
-            let system = request.system.as_ref().map_or(0, |s| s.count(counter));
-            let messages: u64 = request.messages.iter().filter_map(|m| m.content.as_ref()).map(|c| c.count(counter)).sum();
-            Some(system + messages)
-        }
-        Api::Completions => {
-            let request: CompletionRequest = serde_json::from_slice(body).ok()?;
-            Some(request.prompt.as_ref().map_or(0, |p| p.count(counter)))
-        }
-        Api::Embeddings => {
-            let request: EmbeddingRequest = serde_json::from_slice(body).ok()?;
-            Some(request.input.as_ref().map_or(0, |i| i.count(counter)))
-        }
-        Api::Other => None,
-    }
+    RequestBody::parse(body)?.prompt_tokens(counter, api)
 }
 
 /// A counter for when no tokenizer is at hand: about 4 bytes a token for

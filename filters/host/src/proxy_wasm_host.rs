@@ -5,7 +5,44 @@
 use crate::{BodyBuffer, GrpcCall, HeaderMap, Host, HostError, HostResult, HttpCall, MetricKind};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use std::ptr::null_mut;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    // The host ABI call behind `hostcalls::get_map_value`, declared here so a
+    // status the SDK does not expect (a map no longer readable) is an error,
+    // not a panic that aborts the VM.
+    fn proxy_get_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+}
+
+/// One header's value. Values may hold bytes that are not UTF-8 (HTTP allows
+/// obs-text), which the SDK's `get_map_value` would panic on; they are
+/// decoded lossily instead.
+fn header_value(map: MapType, name: &str) -> HostResult<Option<String>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host fills `data`/`size` with a buffer it obtained from this
+    // module's `proxy_on_memory_allocate` (a leaked `Vec<u8>` of exactly
+    // `size` bytes, as in the SDK), whose ownership is taken back here once.
+    let status = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    match status {
+        Status::Ok if data.is_null() => Ok(Some(String::new())),
+        Status::Ok => {
+            // SAFETY: see above.
+            let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+            Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        Status::NotFound => Ok(None),
+        other => Err(HostError::new("get_header", format!("{other:?}"))),
+    }
+}
 
 /// The proxy-wasm host. Stateless: the host tracks the current context.
 #[derive(Debug, Default, Clone, Copy)]
@@ -34,11 +71,13 @@ fn buffer_type(buffer: BodyBuffer) -> BufferType {
 
 impl Host for ProxyWasmHost {
     fn header(&self, map: HeaderMap, name: &str) -> HostResult<Option<String>> {
-        hostcalls::get_map_value(map_type(map), name).map_err(err("get_header"))
+        header_value(map_type(map), name)
     }
 
     fn headers(&self, map: HeaderMap) -> HostResult<Vec<(String, String)>> {
-        hostcalls::get_map(map_type(map)).map_err(err("get_headers"))
+        // Bytes, not strings: values may not be UTF-8 (names always are).
+        let pairs = hostcalls::get_map_bytes(map_type(map)).map_err(err("get_headers"))?;
+        Ok(pairs.into_iter().map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned())).collect())
     }
 
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> HostResult<()> {

@@ -23,13 +23,12 @@ pub mod tokenizer;
 use config::{sanitize, Compiled, MeterConfig};
 use metrics::{Cache, Direction, Key, Metrics, Source};
 use rewrite::{strip_null_usage, Framer};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 use tollgate_core::prices::format_dollars;
 use tollgate_core::sse::Parser;
-use tollgate_core::tokens::{estimate_prompt, CountTokens, Encoding};
+use tollgate_core::tokens::{CountTokens, Encoding, RequestBody};
 use tollgate_core::usage::{parse_body, usage_in_tail, Api, StreamUsage, Usage};
 use tollgate_host::{BodyBuffer, ConfigError, FilterFactory, Flow, HeaderMap, Host, HttpFilter};
 use tokenizer::Tiktoken;
@@ -43,6 +42,17 @@ pub const TEAM_PROPERTY: &str = "tollgate.team";
 pub const CACHE_PROPERTY: &str = "tollgate.cache_status";
 /// Response header carrying the cache status, as the guard sets it.
 pub const CACHE_HEADER: &str = "x-tollgate-cache";
+
+/// The router's decision, as filter state (its headers are for the route
+/// table and may be gone): the resolved model group, the chosen backend and
+/// tier. The meter prefers these to its configured headers.
+pub const ROUTER_MODEL_PROPERTY: &str = "tollgate_model";
+pub const ROUTER_BACKEND_PROPERTY: &str = "tollgate_backend";
+pub const ROUTER_TIER_PROPERTY: &str = "tollgate_tier";
+/// The request body's length as the router saw it; its per-attempt half
+/// restates `content-length` from it, so the meter updates it when it
+/// changes the body.
+pub const ROUTER_BODY_LENGTH_PROPERTY: &str = "tollgate_body_length";
 
 /// Response headers on non-streamed responses.
 pub const INPUT_TOKENS_HEADER: &str = "x-tollgate-input-tokens";
@@ -89,7 +99,16 @@ impl FilterFactory for MeterFactory {
     fn configure(host: &dyn Host, _root_id: &str, config: &[u8]) -> Result<Self, ConfigError> {
         let config = tollgate_core::config::parse::<MeterConfig>(config)?.compile()?;
         let metrics = Metrics::default();
+        let started = host.now();
         metrics.predefine(host, &config);
+        log::info!(
+            "meter: configured in {} µs: {} models, {} teams, {} stats defined, {} KiB of wasm memory",
+            micros(since(host.now(), started)),
+            config.models.len() - 1,
+            config.teams.len() - 1,
+            metrics.defined(),
+            wasm_memory_kib()
+        );
         Ok(Self { shared: Rc::new(Shared { config, metrics }) })
     }
 
@@ -103,17 +122,6 @@ impl MeterFactory {
     pub fn metrics_defined(&self) -> usize {
         self.shared.metrics.defined()
     }
-}
-
-/// The request fields the meter reads.
-#[derive(Debug, Default, Deserialize)]
-struct RequestFields {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<serde_json::Value>,
 }
 
 /// How the response body is being read.
@@ -188,6 +196,30 @@ fn header(host: &dyn Host, map: HeaderMap, name: &str) -> Option<String> {
     }
 }
 
+/// A header map read with one host call: each single-header read is a call
+/// that allocates in the VM, and the meter reads several.
+struct Snapshot(Vec<(String, String)>);
+
+impl Snapshot {
+    fn read(host: &dyn Host, map: HeaderMap) -> Self {
+        match host.headers(map) {
+            Ok(headers) => Self(headers),
+            Err(e) => {
+                log::debug!("meter: {e}");
+                Self(Vec::new())
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn owned(&self, name: &str) -> Option<String> {
+        self.get(name).map(str::to_string)
+    }
+}
+
 fn property_string(host: &dyn Host, name: &str) -> Option<String> {
     let bytes = host.property(&[name]).ok().flatten()?;
     let value = String::from_utf8(bytes).ok()?;
@@ -212,8 +244,8 @@ pub fn key_id(salt: &str, key: &str) -> String {
 
 /// The request body with `stream_options.include_usage: true`, or `None` when
 /// the client asked for usage itself (or the body cannot be changed safely).
-fn with_include_usage(body: &[u8], fields: &RequestFields) -> Option<Vec<u8>> {
-    match &fields.stream_options {
+fn with_include_usage(body: &[u8], stream_options: Option<&serde_json::Value>) -> Option<Vec<u8>> {
+    match stream_options {
         None => {
             // Append the member before the closing brace, keeping every other byte.
             let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
@@ -278,20 +310,8 @@ impl MeterFilter {
         &self.shared.config
     }
 
-    /// Counts with the model's encoding, logging how long a VM took to build
-    /// the encoding's tables the first time.
-    fn counter(&self, host: &dyn Host) -> Tiktoken {
-        if !tokenizer::loaded(self.encoding) {
-            let started = host.now();
-            if tokenizer::load(self.encoding) {
-                log::info!(
-                    "meter: tokenizer {} ready in {} ms ({} MiB of wasm memory)",
-                    self.encoding.name(),
-                    millis(since(host.now(), started)),
-                    wasm_memory_mib()
-                );
-            }
-        }
+    /// Counts with the model's encoding (tables read in place: nothing to build).
+    fn counter(&self) -> Tiktoken {
         Tiktoken(self.encoding)
     }
 
@@ -303,22 +323,31 @@ impl MeterFilter {
                 return;
             }
         };
-        let fields: RequestFields = serde_json::from_slice(&body).unwrap_or_default();
-        // The router (before the meter) resolved aliases and tiers into a header.
-        self.model = self.request_header(host, &self.config().model_header).or_else(|| fields.model.clone());
+        let parsed = RequestBody::parse(&body);
+        let readable = parsed.is_some();
+        let fields = parsed.unwrap_or_default();
+        // The router (before the meter) resolved aliases and tiers.
+        self.model = property_string(host, ROUTER_MODEL_PROPERTY)
+            .or_else(|| self.request_header(host, &self.config().model_header))
+            .or_else(|| fields.model.clone());
         self.encoding = self.config().encodings.for_model(self.model.as_deref().unwrap_or_default());
-        let counter = self.counter(host);
-        self.prompt_estimate = estimate_prompt(&counter, self.api, &body);
+        let counter = self.counter();
+        self.prompt_estimate = if readable { fields.prompt_tokens(&counter, self.api) } else { None };
         if let Some(estimate) = self.prompt_estimate {
             if let Err(e) = host.set_property(&[PROMPT_TOKENS_PROPERTY], estimate.to_string().as_bytes()) {
                 log::warn!("meter: {e}");
             }
         }
         if fields.stream == Some(true) && self.api.has_stream_options() && self.config().include_usage {
-            if let Some(rewritten) = with_include_usage(&body, &fields) {
+            if let Some(rewritten) = with_include_usage(&body, fields.stream_options.as_ref()) {
+                let length = rewritten.len().to_string();
                 let replaced = host
                     .set_body(BodyBuffer::Request, 0, size, &rewritten)
-                    .and_then(|()| host.set_header(HeaderMap::Request, "content-length", Some(&rewritten.len().to_string())));
+                    .and_then(|()| host.set_header(HeaderMap::Request, "content-length", Some(&length)))
+                    .and_then(|()| match property_string(host, ROUTER_BODY_LENGTH_PROPERTY) {
+                        Some(_) => host.set_property(&[ROUTER_BODY_LENGTH_PROPERTY], length.as_bytes()),
+                        None => Ok(()),
+                    });
                 match replaced {
                     Ok(()) => self.strip_usage = true,
                     Err(e) => log::warn!("meter: cannot ask for stream usage: {e}"),
@@ -339,9 +368,10 @@ impl MeterFilter {
     /// Reads everything the meter needs of the response headers now: they
     /// cannot be read once passed on.
     fn start_response(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
-        self.status = header(host, HeaderMap::Response, ":status").and_then(|s| s.parse().ok());
+        let headers = Snapshot::read(host, HeaderMap::Response);
+        self.status = headers.get(":status").and_then(|s| s.parse().ok());
         self.cache = property_string(host, CACHE_PROPERTY)
-            .or_else(|| header(host, HeaderMap::Response, CACHE_HEADER))
+            .or_else(|| headers.owned(CACHE_HEADER))
             .map_or(Cache::None, |v| Cache::parse(&v));
         self.find_backend(host);
         if end_of_stream {
@@ -350,8 +380,8 @@ impl MeterFilter {
             self.finish(host);
             return Flow::Continue;
         }
-        let content_type = header(host, HeaderMap::Response, "content-type").unwrap_or_default().to_ascii_lowercase();
-        let encoding = header(host, HeaderMap::Response, "content-encoding").unwrap_or_default().to_ascii_lowercase();
+        let content_type = headers.get("content-type").unwrap_or_default().to_ascii_lowercase();
+        let encoding = headers.get("content-encoding").unwrap_or_default().to_ascii_lowercase();
         let encoded = !encoding.is_empty() && encoding != "identity";
         if encoded {
             self.body = Body::Opaque { total: 0 };
@@ -372,7 +402,7 @@ impl MeterFilter {
             };
             return Flow::Continue;
         }
-        let length = header(host, HeaderMap::Response, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let length = headers.get("content-length").and_then(|v| v.parse::<usize>().ok());
         let held = self.config().usage_headers
             && self.successful()
             && self.api != Api::Other
@@ -388,8 +418,8 @@ impl MeterFilter {
     /// The backend the router chose, else the Envoy cluster.
     fn find_backend(&mut self, host: &dyn Host) {
         if self.backend.is_none() {
-            self.backend = self
-                .request_header(host, &self.config().backend_header)
+            self.backend = property_string(host, ROUTER_BACKEND_PROPERTY)
+                .or_else(|| self.request_header(host, &self.config().backend_header))
                 .or_else(|| property_string(host, "cluster_name"));
         }
     }
@@ -499,15 +529,15 @@ impl MeterFilter {
         team.map_or(self.config().teams.other(), |t| self.config().teams.find(&t))
     }
 
-    fn estimate_output(&self, host: &dyn Host, text: &tollgate_core::usage::OutputText) -> u64 {
+    fn estimate_output(&self, text: &tollgate_core::usage::OutputText) -> u64 {
         if text.is_empty() {
             return 0;
         }
-        text.scale(self.counter(host).count(text.kept()))
+        text.scale(self.counter().count(text.kept()))
     }
 
     /// Tokens of the finished (or ended) response and where they came from.
-    fn usage(&self, host: &dyn Host) -> (Usage, Source) {
+    fn usage(&self) -> (Usage, Source) {
         let prompt = self.prompt_estimate.unwrap_or(0);
         match &self.body {
             Body::Stream { usage, .. } => {
@@ -522,7 +552,7 @@ impl MeterFilter {
                     _ => {
                         let reported = reported.unwrap_or_default();
                         let input = if reported.input > 0 { reported.input } else { prompt };
-                        let output = reported.output.max(self.estimate_output(host, usage.text()));
+                        let output = reported.output.max(self.estimate_output(usage.text()));
                         (Usage { input, output, cached_input: reported.cached_input }, Source::Estimated)
                     }
                 }
@@ -540,7 +570,7 @@ impl MeterFilter {
                 match parsed.usage {
                     Some(usage) => (usage, Source::Reported),
                     None => {
-                        let output = self.estimate_output(host, &parsed.text);
+                        let output = self.estimate_output(&parsed.text);
                         (Usage { input: prompt, output, cached_input: 0 }, Source::Estimated)
                     }
                 }
@@ -550,20 +580,22 @@ impl MeterFilter {
     }
 
     /// Settles the request's tokens and cost once the response ended (or
-    /// the stream was torn down), and leaves the access-log fields.
+    /// the stream was torn down). The access-log fields are left in the log
+    /// phase, which Envoy runs before its access loggers.
     fn finish(&mut self, host: &dyn Host) {
         if self.outcome.is_some() {
             return;
         }
         if self.model.is_none() {
-            self.model = self.request_header(host, &self.config().model_header);
+            self.model = property_string(host, ROUTER_MODEL_PROPERTY)
+                .or_else(|| self.request_header(host, &self.config().model_header));
         }
         let config = self.config();
         let model = config.models.find(self.model.as_deref().unwrap_or_default());
         let (usage, source) = if !self.successful() || self.cache == Cache::Hit || self.api == Api::Other {
             (Usage::default(), Source::None)
         } else {
-            self.usage(host)
+            self.usage()
         };
         let cost = config.price(model).cost(&usage);
         let outcome = Outcome { usage, source, cost, model };
@@ -573,7 +605,6 @@ impl MeterFilter {
                 self.usage_headers(host, &outcome);
             }
         }
-        self.log_fields(host, &outcome, self.team(host));
     }
 
     fn usage_headers(&self, host: &dyn Host, outcome: &Outcome) {
@@ -674,31 +705,34 @@ impl MeterFilter {
     }
 }
 
+/// The VM's linear memory, for the start-up log line.
 #[cfg(target_arch = "wasm32")]
-fn wasm_memory_mib() -> usize {
-    core::arch::wasm32::memory_size(0) * 64 / 1024
+fn wasm_memory_kib() -> usize {
+    core::arch::wasm32::memory_size(0) * 64
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-fn wasm_memory_mib() -> usize {
+fn wasm_memory_kib() -> usize {
     0
 }
 
 impl MeterFilter {
     fn request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
         self.start = Some(host.now());
-        self.api = Api::from_path(&header(host, HeaderMap::Request, ":path").unwrap_or_default());
+        let headers = Snapshot::read(host, HeaderMap::Request);
+        self.api = Api::from_path(headers.get(":path").unwrap_or_default());
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
-        self.tier = config.tier(header(host, HeaderMap::Request, &config.tier_header).as_deref());
-        self.team_at_request = header(host, HeaderMap::Request, &config.team_header);
-        self.key_id = config.key_headers.iter().find_map(|name| header(host, HeaderMap::Request, name)).map(|key| {
-            let key = key.strip_prefix("Bearer ").or_else(|| key.strip_prefix("bearer ")).unwrap_or(&key);
+        let tier = property_string(host, ROUTER_TIER_PROPERTY).or_else(|| headers.owned(&config.tier_header));
+        self.tier = config.tier(tier.as_deref());
+        self.team_at_request = headers.owned(&config.team_header);
+        self.key_id = config.key_headers.iter().find_map(|name| headers.get(name)).map(|key| {
+            let key = key.strip_prefix("Bearer ").or_else(|| key.strip_prefix("bearer ")).unwrap_or(key);
             key_id(&config.key_id_salt, key.trim())
         });
-        // The router, before the meter, has resolved these already.
-        self.model = header(host, HeaderMap::Request, &config.model_header);
-        self.backend = header(host, HeaderMap::Request, &config.backend_header);
+        // The router, before the meter, has decided these already.
+        self.model = property_string(host, ROUTER_MODEL_PROPERTY).or_else(|| headers.owned(&config.model_header));
+        self.backend = property_string(host, ROUTER_BACKEND_PROPERTY).or_else(|| headers.owned(&config.backend_header));
         if self.api == Api::Other {
             return Flow::Continue;
         }
@@ -709,7 +743,7 @@ impl MeterFilter {
         if end_of_stream {
             return Flow::Continue;
         }
-        let declared = header(host, HeaderMap::Request, "content-length").and_then(|v| v.parse::<usize>().ok());
+        let declared = headers.get("content-length").and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|len| len > self.config().max_request_bytes) {
             return Flow::Continue;
         }

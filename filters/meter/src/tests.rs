@@ -325,14 +325,13 @@ fn a_client_that_asked_for_usage_gets_the_stream_untouched() {
 
 #[test]
 fn stream_options_without_usage_are_merged() {
-    let fields = RequestFields { stream_options: Some(serde_json::json!({"include_usage": false, "x": 1})), ..Default::default() };
-    let out = with_include_usage(br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#, &fields).unwrap();
+    let options = serde_json::json!({"include_usage": false, "x": 1});
+    let out = with_include_usage(br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#, Some(&options)).unwrap();
     let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(value["stream_options"], serde_json::json!({"include_usage": true, "x": 1}));
-    let fields = RequestFields::default();
-    assert_eq!(with_include_usage(b"{} \n", &fields).unwrap(), br#"{"stream_options":{"include_usage":true}} "#.iter().chain(b"\n").copied().collect::<Vec<u8>>());
-    assert_eq!(with_include_usage(b"[1]", &fields), None);
-    assert_eq!(with_include_usage(b"", &fields), None);
+    assert_eq!(with_include_usage(b"{} \n", None).unwrap(), br#"{"stream_options":{"include_usage":true}} "#.iter().chain(b"\n").copied().collect::<Vec<u8>>());
+    assert_eq!(with_include_usage(b"[1]", None), None);
+    assert_eq!(with_include_usage(b"", None), None);
 }
 
 #[test]
@@ -446,7 +445,8 @@ fn cache_hits_cost_nothing() {
 
 #[test]
 fn bad_responses_pass_unchanged_and_fall_back_to_estimates() {
-    let bodies: &[(&[(&str, &str)], &[u8])] = &[
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let bodies: &[(Headers, &[u8])] = &[
         (&[(":status", "200"), ("content-type", "text/html"), ("content-length", "14")], b"<html>oops</h"),
         (&[(":status", "200"), ("content-type", "application/json"), ("content-length", "10")], b"{\"usage\":{"),
         (&[(":status", "200"), ("content-type", "application/json"), ("content-encoding", "gzip")], b"\x1f\x8b\x08\x00garbage"),
@@ -586,4 +586,19 @@ fn a_team_set_after_the_meter_is_read_in_the_log_phase() {
     respond(&host, &mut filter, &[(":status", "200"), ("content-type", "application/json"), ("content-length", &length)], &[body]);
     assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.ads.direction.input"), 10);
     assert_eq!(log_field(&host, "team").as_deref(), Some("ads"));
+}
+
+#[test]
+fn the_routers_filter_state_wins_and_learns_the_new_body_length() {
+    let (host, factory) = setup(CONFIG);
+    let mut filter = factory.new_filter();
+    for (key, value) in [(ROUTER_MODEL_PROPERTY, "llama-70b"), (ROUTER_BACKEND_PROPERTY, "vllm-70b"), (ROUTER_TIER_PROPERTY, "quality"),
+        (ROUTER_BODY_LENGTH_PROPERTY, &STREAM_CHAT.len().to_string())] {
+        host.state().properties.insert(vec![key.to_string()], value.as_bytes().to_vec());
+    }
+    request(&host, &mut filter, "/v1/chat/completions", &[("x-ai-model", "stale"), ("x-ai-backend", "stale")], STREAM_CHAT);
+    let sent = host.state().request_body.len().to_string();
+    assert_eq!(property(&host, ROUTER_BODY_LENGTH_PROPERTY), Some(sent), "the router restates this length per attempt");
+    respond(&host, &mut filter, SSE, &[UPSTREAM_STREAM]);
+    assert_eq!(counter(&host, "ai_gateway_requests_total.model.llama-70b.team.other.tier.quality.backend.vllm-70b.status.200.cache.none"), 1);
 }
