@@ -164,7 +164,7 @@ def test_a_per_model_cap_is_shared_by_every_caller(gw):
         assert post(client, gw, chat("gpt-4-turbo", 20), {"x-user-id": "cap-other"}).status_code == 200
 
 
-def race(gw, team: str, clients: int, seconds: float, excess_every: int = 0) -> tuple[int, int, int, int]:
+def race(gw, team: str, clients: int, seconds: float, excess_every: int = 0, model: str = "llama-8b") -> tuple[int, int, int, int]:
     """`clients` concurrent clients of one team send requests (max_tokens 40,
     each held 30 ms by the mock) for `seconds`; every `excess_every`-th asks
     the mock for 120 completion tokens, beyond its reservation. Returns the
@@ -187,7 +187,7 @@ def race(gw, team: str, clients: int, seconds: float, excess_every: int = 0) -> 
                 excess = excess_every and (index + n) % excess_every == 0
                 if excess:
                     headers["x-mock-output-tokens"] = "120"
-                response = post(client, gw, chat("llama-8b", 40, "Hello there"), headers)
+                response = post(client, gw, chat(model, 40, "Hello there"), headers)
                 with lock:
                     if response.status_code == 200:
                         usage = response.json()["usage"]
@@ -249,3 +249,43 @@ def test_concurrent_clients_overspend_by_at_most_the_excess_in_flight(gw):
     assert refused > 0
     assert spend <= bound
     assert ledger_use(gw, team) == spend
+
+
+@pytest.fixture(scope="module")
+def leased_gw(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("guard-leases")
+
+    def change(config):
+        config["filters"]["guard"]["budgets"] = [
+            {"name": "team-leased", "per": ["team"], "tokens": RACE_TOKENS, "window": "calendar_month",
+             "lease_fraction": 0.05},
+        ]
+    gateway = start_gateway(directory / "gw", config=variant_config(directory, change))
+    yield gateway
+    gateway.stop()
+
+
+def test_leased_budgets_hold_under_concurrency_with_few_calls(leased_gw):
+    team = f"race-{uuid.uuid4().hex[:8]}"
+    calls_before = rls_calls(leased_gw)
+    spend, excess, served, refused = race(leased_gw, team, CLIENTS, 2.5)
+    calls = rls_calls(leased_gw) - calls_before
+    print(f"\nleases of 150 tokens: {served} served, {refused} refused, spent {spend} of {RACE_TOKENS}, "
+          f"{calls} calls to the service")
+    assert excess <= 0
+    assert refused > 0
+    assert spend <= RACE_TOKENS
+    # Each worker may keep up to two leases unused.
+    assert spend >= 0.6 * RACE_TOKENS
+    # Admitted requests mostly came out of leases, without a call (refusals
+    # still ask the service).
+    stats = dict(line.split(": ") for line in httpx.get(
+        f"{leased_gw.admin_url}/stats", params={"filter": "tollgate_guard_allowed"}).text.splitlines())
+    assert int(stats["wasmcustom.tollgate_guard_allowed_total"]) == served
+    assert int(stats["wasmcustom.tollgate_guard_allowed_from_lease_total"]) >= served / 2
+
+
+def rls_calls(gw) -> float:
+    text = httpx.get(f"{gw.state['ratelimit']['http_url']}/metrics").text
+    line = next(l for l in text.splitlines() if l.startswith("ratelimit_service_total_requests"))
+    return float(line.rsplit(" ", 1)[1])

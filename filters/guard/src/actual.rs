@@ -86,6 +86,10 @@ impl ResponseUsage {
                 if *overflow {
                     return Some(usage_in_tail(tail).unwrap_or_else(|| estimated(*total)));
                 }
+                // Providers put `usage` last: look there before parsing it all.
+                if let Some(usage) = usage_in_tail(kept.get(kept.len().saturating_sub(TAIL_BYTES)..).unwrap_or(kept)) {
+                    return Some(usage);
+                }
                 let parsed = parse_body(kept, 0);
                 Some(parsed.usage.unwrap_or_else(|| estimated(parsed.text.total_bytes())))
             }

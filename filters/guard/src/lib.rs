@@ -42,7 +42,7 @@
 //! atomic across counters can only over-count).
 //!
 //! The estimate is the prompt (the meter's tiktoken count,
-//! `tollgate.prompt_tokens`, else about four bytes a token) plus `max_tokens`
+//! `tollgate.prompt_tokens`, else a quarter of the body's bytes) plus `max_tokens`
 //! (else `default_completion_tokens`), priced with the configured table for
 //! dollar budgets (rounded up to the budget's count).
 //!
@@ -95,11 +95,13 @@
 //!
 //! # Why callbacks pause
 //!
-//! Request headers wait for the body (the estimate needs `max_tokens` and the
-//! prompt; the plugin sets `allow_on_headers_stop_iteration`, and the router
-//! before it has already buffered the body), the body waits for the
-//! service's answer (`resume_request` in the gRPC callback), and the last
-//! response chunk waits for the settlement's answer (`resume_response`).
+//! Request headers wait for the body when a request limit applies (one call
+//! then asks about limits and budgets, whose estimate needs `max_tokens` and
+//! the prompt; the plugin sets `allow_on_headers_stop_iteration`, and the
+//! router before it has already buffered the body); with budgets alone they
+//! go on and only the body waits. The body waits for the service's answer
+//! (`resume_request` in the gRPC callback), and the last response chunk
+//! waits for the settlement's answer (`resume_response`).
 
 pub mod actual;
 pub mod config;
@@ -117,7 +119,6 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 use tollgate_core::errors::openai_error_body;
 use tollgate_core::request::summarize;
-use tollgate_core::tokens::{estimate_prompt, BytesPerToken};
 use tollgate_core::usage::{Api, Usage};
 use tollgate_host::{BodyBuffer, ConfigError, FilterFactory, Flow, GrpcCall, HeaderMap, Host, HttpFilter, MetricKind};
 use tollgate_ratelimit_proto::{Code, DescriptorStatus, RateLimitDescriptor, Unit};
@@ -134,8 +135,10 @@ pub const ROUTER_TIER_PROPERTY: &str = "tollgate_tier";
 /// The guard's counters (Envoy stats, shown on /stats/prometheus as named).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stat {
-    /// Admitted after the service answered.
+    /// Admitted (after the service answered, or from leases alone).
     Allowed,
+    /// Of those, admitted from this worker's leases without a call.
+    AllowedFromLease,
     /// Refused by a request limit.
     OverLimit,
     /// Refused by a budget.
@@ -163,8 +166,9 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 14] = [
+    pub const ALL: [Stat; 15] = [
         Stat::Allowed,
+        Stat::AllowedFromLease,
         Stat::OverLimit,
         Stat::OverBudget,
         Stat::Unauthorized,
@@ -183,6 +187,7 @@ impl Stat {
     pub fn name(self) -> &'static str {
         match self {
             Stat::Allowed => "tollgate_guard_allowed_total",
+            Stat::AllowedFromLease => "tollgate_guard_allowed_from_lease_total",
             Stat::OverLimit => "tollgate_guard_over_limit_total",
             Stat::OverBudget => "tollgate_guard_over_budget_total",
             Stat::Unauthorized => "tollgate_guard_unauthorized_total",
@@ -396,16 +401,6 @@ pub struct GuardFilter {
     failed_open: bool,
 }
 
-fn header(host: &dyn Host, map: HeaderMap, name: &str) -> Option<String> {
-    match host.header(map, name) {
-        Ok(value) => value,
-        Err(e) => {
-            log::debug!("guard: {e}");
-            None
-        }
-    }
-}
-
 fn unix_now(host: &dyn Host) -> i64 {
     host.now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
@@ -497,8 +492,16 @@ impl GuardFilter {
     fn request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
-        self.api = Api::from_path(&header(host, HeaderMap::Request, ":path").unwrap_or_default());
-        let lookup = |name: &str| header(host, HeaderMap::Request, name);
+        // One host call for all the headers the guard reads.
+        let headers = match host.headers(HeaderMap::Request) {
+            Ok(headers) => headers,
+            Err(e) => {
+                log::warn!("guard: {e}");
+                Vec::new()
+            }
+        };
+        let lookup = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        self.api = Api::from_path(&lookup(":path").unwrap_or_default());
         match identify(&config.identity, &lookup) {
             Identified::Caller(caller) => self.caller = caller,
             refused => {
@@ -528,12 +531,17 @@ impl GuardFilter {
         }
         let budgets = !config.budgets.is_empty() && self.api != Api::Other;
         if !end_of_stream && (budgets || (self.model.is_none() && config.needs_model)) {
-            // Hold the headers until the body is complete: the estimate needs
-            // the prompt and `max_tokens` (and, without the router, the model).
-            // Envoy delivers the body because the plugin sets
-            // allow_on_headers_stop_iteration.
+            // The estimate needs the prompt and `max_tokens` (and, without
+            // the router, the model): the body decides. When a request limit
+            // applies, the call holds the request anyway, so the headers wait
+            // for the body (Envoy delivers it because the plugin sets
+            // allow_on_headers_stop_iteration) and one call asks about both.
+            // With budgets alone, most requests are admitted from a lease
+            // without a call: the headers go on (holding them costs Envoy a
+            // good part of a request) and only the body waits.
+            let limits = config.rate_limits.iter().any(|entries| self.resolve(entries).is_some());
             self.phase = Phase::AwaitBody;
-            return Flow::Pause;
+            return if limits { Flow::Pause } else { Flow::Continue };
         }
         self.read_body(host, None, 0);
         self.admit(host)
@@ -576,10 +584,11 @@ impl GuardFilter {
             .flatten()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .and_then(|text| text.trim().parse::<u64>().ok());
+        // Without the meter: a quarter of the body's bytes, which counts the
+        // JSON around the prompt too (so it errs on the reserving side) and
+        // costs no second parse.
         let bytes = u64::try_from(size).unwrap_or(u64::MAX).max(self.content_length.unwrap_or(0));
-        self.prompt = meter
-            .or_else(|| body.and_then(|b| estimate_prompt(&BytesPerToken, self.api, b)))
-            .unwrap_or_else(|| bytes.div_ceil(4));
+        self.prompt = meter.unwrap_or_else(|| bytes.div_ceil(4));
     }
 
     fn admit(&mut self, host: &dyn Host) -> Flow {
@@ -679,6 +688,7 @@ impl GuardFilter {
             // limit to ask about: admitted here and now.
             return match self.evaluate(host, &[]) {
                 Ok((headers, _)) => {
+                    self.stat(host, Stat::AllowedFromLease);
                     self.admitted(host, headers, false);
                     Flow::Continue
                 }
@@ -1153,9 +1163,16 @@ impl GuardFilter {
         if self.reservations.is_empty() {
             return Flow::Continue;
         }
-        let status = header(host, HeaderMap::Response, ":status").and_then(|s| s.parse().ok());
-        let content_type = header(host, HeaderMap::Response, "content-type").unwrap_or_default();
-        let encoding = header(host, HeaderMap::Response, "content-encoding").unwrap_or_default();
+        let lookup = |name: &str| match host.header(HeaderMap::Response, name) {
+            Ok(value) => value,
+            Err(e) => {
+                log::debug!("guard: {e}");
+                None
+            }
+        };
+        let status = lookup(":status").and_then(|s| s.parse().ok());
+        let content_type = lookup("content-type").unwrap_or_default();
+        let encoding = lookup("content-encoding").unwrap_or_default();
         self.settle =
             Settle::Tracking(ResponseUsage::start(self.api, status, &content_type, &encoding, self.config().max_body_bytes));
         if end_of_stream {

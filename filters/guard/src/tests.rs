@@ -56,7 +56,6 @@ fn send(host: &FakeHost, filter: &mut GuardFilter) -> Flow {
     if body_len == 0 {
         return flow;
     }
-    assert_eq!(flow, Flow::Pause, "headers wait for the body");
     filter.on_request_body(host, body_len, true)
 }
 
@@ -266,9 +265,8 @@ fn descriptors_follow_the_configuration_and_skip_missing_values() {
     assert_eq!(all[3], pairs(&[("budget", "user-tokens"), ("user", "bob"), ("ledger", "reserved")]));
     assert_eq!(all.len(), 4);
     assert_eq!(request.descriptors[2].hits_addend, Some(0));
-    // max_tokens plus the prompt by OpenAI's recipe at about four bytes a
-    // token (no meter): 3 + 1 ("user") + 1 ("hi") + 3.
-    assert_eq!(request.descriptors[3].hits_addend, Some(100 + 8));
+    // max_tokens plus, without the meter, a quarter of the body's bytes.
+    assert_eq!(request.descriptors[3].hits_addend, Some(100 + (BODY.len() as u64).div_ceil(4)));
     assert_eq!(request.descriptors[3].limit.unwrap().unit, Unit::Day as i32);
 
     // Without a user, neither user descriptor nor user budget.
@@ -276,6 +274,20 @@ fn descriptors_follow_the_configuration_and_skip_missing_values() {
     let mut filter = factory.new_filter();
     assert_eq!(send(&host, &mut filter), Flow::Continue, "nothing to check");
     assert!(host.state().grpc_calls.is_empty());
+}
+
+#[test]
+fn headers_wait_for_the_body_only_when_a_request_limit_applies() {
+    let (host, factory) = setup(&config(), &chat_headers(&[("x-user-id", "bob")]), BODY);
+    assert_eq!(factory.new_filter().on_request_headers(&host, false), Flow::Pause);
+    // Budgets alone (no user: the model cap and no key): the headers go on,
+    // the body waits for the answer.
+    let (host, factory) = setup(&config(), &chat_headers(&[("x-ai-model", "gpt-4-turbo")]), BODY);
+    let mut filter = factory.new_filter();
+    assert_eq!(filter.on_request_headers(&host, false), Flow::Continue);
+    assert_eq!(filter.on_request_body(&host, 10, false), Flow::Pause, "buffered");
+    assert_eq!(filter.on_request_body(&host, BODY.len(), true), Flow::Pause, "asking");
+    assert_eq!(host.state().grpc_calls.len(), 1);
 }
 
 #[test]
