@@ -1,6 +1,7 @@
 import pytest
 
 from harness import start_gateway
+from ratelimit_support import Stack
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -35,3 +36,14 @@ def logs_on_failure(request):
 def fresh_mocks(gateway):
     gateway.reset_mocks()
     return gateway
+
+
+@pytest.fixture
+def stack(tmp_path, request):
+    """A rate-limit service stack (service, Envoy, mock) from ratelimit_support."""
+    s = Stack(run_dir=tmp_path)
+    yield s
+    s.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"\n===== logs =====\n{s.logs()}")

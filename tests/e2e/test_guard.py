@@ -169,16 +169,6 @@ def start_redis(stack: Stack) -> str:
     raise RuntimeError("redis-server did not start")
 
 
-@pytest.fixture
-def stack(tmp_path, request):
-    s = Stack(run_dir=tmp_path)
-    yield s
-    s.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        print(f"\n===== logs =====\n{s.logs()}")
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (make deps installs it)")
 def test_two_envoys_enforce_one_limit_through_one_redis(tmp_path, stack):
     away_from_window_edge(3600)

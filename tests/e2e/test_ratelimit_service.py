@@ -14,16 +14,6 @@ import pytest
 from ratelimit_support import SEED_CONFIG, Stack, bootstrap, validate
 
 
-@pytest.fixture
-def stack(tmp_path, request):
-    s = Stack(run_dir=tmp_path)
-    yield s
-    s.stop()
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        print(f"\n===== logs =====\n{s.logs()}")
-
-
 def get(client: httpx.Client, url: str, user: str | None, tier: str | None = None) -> httpx.Response:
     headers = {}
     if user is not None:

@@ -722,6 +722,22 @@ impl GuardFilter {
         }
     }
 
+    /// What each pending budget call leaves reserved, `reserved` saying how much.
+    fn reservations_from_pending(&self, reserved: impl Fn(&Pending) -> u64) -> Vec<Reservation> {
+        let config = self.config();
+        self.pending
+            .iter()
+            .map(|p| Reservation {
+                budget: p.budget,
+                entries: p.entries.clone(),
+                unit: p.unit,
+                reserved: reserved(p),
+                settle_by: p.span.settle_by,
+                leased: config.budgets.get(p.budget).is_some_and(|b| b.lease > 0),
+            })
+            .collect()
+    }
+
     /// The service failed: the configured failure mode decides. `held`: the
     /// request is paused (so it must be resumed to go on).
     fn fail(&mut self, host: &dyn Host, held: bool) -> Flow {
@@ -732,19 +748,7 @@ impl GuardFilter {
                 // Nothing was (knowingly) reserved by the call: the
                 // settlement charges the whole use, if the service is back by
                 // then. What came from a lease stays reserved.
-                let leased = |p: &Pending| self.config().budgets.get(p.budget).is_some_and(|b| b.lease > 0);
-                self.reservations = self
-                    .pending
-                    .iter()
-                    .map(|p| Reservation {
-                        budget: p.budget,
-                        entries: p.entries.clone(),
-                        unit: p.unit,
-                        reserved: if p.from_lease { p.amount } else { 0 },
-                        settle_by: p.span.settle_by,
-                        leased: leased(p),
-                    })
-                    .collect();
+                self.reservations = self.reservations_from_pending(|p| if p.from_lease { p.amount } else { 0 });
                 self.phase = Phase::Passed;
                 if held {
                     if let Err(e) = host.resume_request() {
@@ -968,18 +972,7 @@ impl GuardFilter {
                 leases.retain(|_, lease| now.saturating_add(margin) < lease.settle_by);
             }
         }
-        self.reservations = self
-            .pending
-            .iter()
-            .map(|p| Reservation {
-                budget: p.budget,
-                entries: p.entries.clone(),
-                unit: p.unit,
-                reserved: p.amount,
-                settle_by: p.span.settle_by,
-                leased: config.budgets.get(p.budget).is_some_and(|b| b.lease > 0),
-            })
-            .collect();
+        self.reservations = self.reservations_from_pending(|p| p.amount);
         self.response_headers = headers;
         self.phase = Phase::Passed;
         if !held {

@@ -23,6 +23,8 @@ pub struct Attempt {
     routing: Rc<Routing>,
     /// Backend this attempt reached, when the endpoint says.
     backend: Option<String>,
+    /// The model group the downstream half decided on (read once).
+    group: Option<String>,
     attempt: String,
     started: Option<SystemTime>,
     /// Whether the request headers are held for the body. Once they have
@@ -39,6 +41,7 @@ impl Attempt {
         Self {
             routing,
             backend: None,
+            group: None,
             attempt: "1".to_string(),
             started: None,
             holding_headers: false,
@@ -65,6 +68,7 @@ impl Attempt {
                 None
             }
         };
+        self.group = state(host, STATE_MODEL);
         let Some(config) = self.backend_config() else {
             return Flow::Continue;
         };
@@ -93,16 +97,16 @@ impl Attempt {
         let (Some(requested), Some(length)) = (state(host, STATE_REQUESTED_MODEL), state(host, STATE_BODY_LENGTH)) else {
             return false;
         };
-        !length.is_empty() && self.target_model(host).is_some_and(|target| target == requested)
+        !length.is_empty() && self.target_model().is_some_and(|target| target == requested)
     }
 
-    fn decided_group(&self, host: &dyn Host) -> Option<&ModelGroup> {
-        self.routing.group(&state(host, STATE_MODEL)?)
+    fn decided_group(&self) -> Option<&ModelGroup> {
+        self.routing.group(self.group.as_deref()?)
     }
 
     /// The model id the reached backend knows the decided group by.
-    fn target_model(&self, host: &dyn Host) -> Option<String> {
-        let group = self.decided_group(host)?;
+    fn target_model(&self) -> Option<String> {
+        let group = self.decided_group()?;
         self.routing.model_for_backend(group, self.backend.as_deref()?).map(str::to_string)
     }
 
@@ -152,7 +156,7 @@ impl Attempt {
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let cooldown = (self.routing.cooldown.failures, self.routing.cooldown.seconds);
         // Time to first byte is kept only for groups balancing on it.
-        let latency_based = self.decided_group(host).is_some_and(|g| g.strategy == Strategy::LatencyBased);
+        let latency_based = self.decided_group().is_some_and(|g| g.strategy == Strategy::LatencyBased);
         let ttfb_us = if failed || !latency_based { None } else { ttfb_us };
         backend_state::attempt_finished(host, &backend, failed, ttfb_us, cooldown);
         set(host, HeaderMap::Response, RESPONSE_BACKEND_HEADER, Some(&backend));
@@ -206,7 +210,7 @@ impl Attempt {
         };
         let requested = object.get("model").and_then(|m| m.as_str()).unwrap_or_default().to_string();
         let target = self
-            .decided_group(host)
+            .decided_group()
             .and_then(|group| self.routing.model_for_backend(group, backend))
             .unwrap_or(requested.as_str())
             .to_string();
