@@ -243,7 +243,8 @@ pub enum Window {
     Week,
     /// 30 days, fixed windows from the Unix epoch (envoyproxy/ratelimit's month).
     Month,
-    /// 365 days, fixed windows from the Unix epoch.
+    /// The calendar year in UTC, as Tollgate's rate-limit service counts its
+    /// `year` (envoyproxy/ratelimit's is 365 days from the Unix epoch).
     Year,
     /// The calendar month in UTC.
     CalendarMonth,
@@ -273,7 +274,8 @@ impl Window {
             Self::Week => Unit::Week,
             Self::Month => Unit::Month,
             // The calendar month is named in the descriptor; the service's
-            // year window only expires the counter.
+            // year (the calendar year, which holds the month whole) only
+            // expires the counter.
             Self::Year | Self::CalendarMonth => Unit::Year,
         }
     }

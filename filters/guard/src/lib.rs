@@ -732,7 +732,7 @@ impl GuardFilter {
                 entries: p.entries.clone(),
                 unit: p.unit,
                 reserved: reserved(p),
-                settle_by: p.span.settle_by,
+                settle_by: p.span.resets_at,
                 leased: config.budgets.get(p.budget).is_some_and(|b| b.lease > 0),
             })
             .collect()
@@ -958,9 +958,9 @@ impl GuardFilter {
                 // The new lease: what fitted of the top-up; the rest goes back.
                 if p.granted > 0 {
                     let key = (p.budget, p.entries.clone());
-                    let lease = leases.entry(key).or_insert(Lease { available: 0, settle_by: p.span.settle_by, outside: 0 });
+                    let lease = leases.entry(key).or_insert(Lease { available: 0, settle_by: p.span.resets_at, outside: 0 });
                     lease.available = lease.available.saturating_add(p.granted);
-                    lease.settle_by = p.span.settle_by;
+                    lease.settle_by = p.span.resets_at;
                     lease.outside = p.remaining.saturating_sub(p.granted);
                 }
                 if p.top_up > p.granted {

@@ -1,22 +1,22 @@
-//! Budget windows: fixed windows as the rate-limit service computes them
-//! (`now / length * length` in Unix seconds, a month of 30 days and a year of
-//! 365, as envoyproxy/ratelimit), and calendar months in UTC.
+//! Budget windows as the rate-limit service counts them: fixed windows
+//! (`now / length * length` in Unix seconds, a month of 30 days, as
+//! envoyproxy/ratelimit), the calendar year in UTC (the service's `year`), and
+//! calendar months in UTC, named in the descriptor under the service's year.
 
 use crate::config::Window;
 
-pub const YEAR_SECONDS: i64 = 365 * 86_400;
+const DAY: i64 = 86_400;
 
-/// Seconds in a fixed window (`None` for the calendar month).
+/// Seconds in a fixed window (`None` for the calendar year and month).
 pub fn fixed_seconds(window: Window) -> Option<i64> {
     match window {
         Window::Second => Some(1),
         Window::Minute => Some(60),
         Window::Hour => Some(3_600),
-        Window::Day => Some(86_400),
-        Window::Week => Some(7 * 86_400),
-        Window::Month => Some(30 * 86_400),
-        Window::Year => Some(YEAR_SECONDS),
-        Window::CalendarMonth => None,
+        Window::Day => Some(DAY),
+        Window::Week => Some(7 * DAY),
+        Window::Month => Some(30 * DAY),
+        Window::Year | Window::CalendarMonth => None,
     }
 }
 
@@ -24,37 +24,28 @@ pub fn fixed_seconds(window: Window) -> Option<i64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
     /// A value naming the window in the descriptor (the calendar month,
-    /// `2026-11`); fixed windows are named by the service itself.
+    /// `2026-11`); the service names the other windows itself.
     pub label: Option<String>,
     /// When the budget starts afresh (Unix seconds): what `reset` headers and
-    /// `retry-after` tell.
+    /// `retry-after` tell, and until when a settlement still reaches this
+    /// window's counters. A calendar month's counter key changes only with the
+    /// month: the service's year, which expires it, holds the month whole.
     pub resets_at: i64,
-    /// Until when a settlement still reaches the counters of this window: the
-    /// window's end, or for a calendar month the end of the service's year
-    /// window (its counter key changes then), whichever comes first.
-    pub settle_by: i64,
-}
-
-fn next_boundary(now: i64, length: i64) -> i64 {
-    (now.div_euclid(length) + 1) * length
 }
 
 pub fn span(window: Window, now: i64) -> Span {
-    match fixed_seconds(window) {
-        Some(length) => {
-            let end = next_boundary(now, length);
-            Span { label: None, resets_at: end, settle_by: end }
-        }
-        None => {
-            let (year, month, _) = civil_from_days(now.div_euclid(86_400));
-            let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-            let month_end = days_from_civil(next_year, next_month, 1) * 86_400;
-            Span {
-                label: Some(format!("{year:04}-{month:02}")),
-                resets_at: month_end,
-                settle_by: month_end.min(next_boundary(now, YEAR_SECONDS)),
-            }
-        }
+    if let Some(length) = fixed_seconds(window) {
+        let end = (now.div_euclid(length) + 1) * length;
+        return Span { label: None, resets_at: end };
+    }
+    let (year, month, _) = civil_from_days(now.div_euclid(DAY));
+    if window == Window::Year {
+        return Span { label: None, resets_at: days_from_civil(year + 1, 1, 1) * DAY };
+    }
+    let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    Span {
+        label: Some(format!("{year:04}-{month:02}")),
+        resets_at: days_from_civil(next_year, next_month, 1) * DAY,
     }
 }
 
@@ -105,11 +96,23 @@ mod tests {
         // 2023-11-14T22:15:23Z, as in the service's own unit tests.
         let now = 1_700_000_123;
         assert_eq!(span(Window::Hour, now).resets_at, 1_699_999_200 + 3_600);
-        assert_eq!(span(Window::Month, now).resets_at, 1_697_760_000 + 30 * 86_400);
-        assert_eq!(span(Window::Year, now).resets_at, 1_671_408_000 + YEAR_SECONDS);
+        assert_eq!(span(Window::Month, now).resets_at, 1_697_760_000 + 30 * DAY);
         assert_eq!(span(Window::Minute, now).label, None);
         // At a window's first second, a whole window remains.
         assert_eq!(span(Window::Hour, 1_699_999_200).resets_at, 1_699_999_200 + 3_600);
+    }
+
+    #[test]
+    fn years_are_calendar_years_as_the_service_counts_them() {
+        let new_year = |year| days_from_civil(year, 1, 1) * DAY;
+        let now = 1_700_000_123; // 2023-11-14
+        assert_eq!(span(Window::Year, now), Span { label: None, resets_at: new_year(2024) });
+        assert_eq!(span(Window::Year, new_year(2027) - 1).resets_at, new_year(2027));
+        assert_eq!(span(Window::Year, new_year(2027)).resets_at, new_year(2028));
+        // 2028 is a leap year: its 29 February and last second are in it.
+        let leap_day = days_from_civil(2028, 2, 29) * DAY;
+        assert_eq!(span(Window::Year, leap_day).resets_at, new_year(2029));
+        assert_eq!(span(Window::Year, new_year(2029) - 1).resets_at, new_year(2029));
     }
 
     #[test]
@@ -117,15 +120,19 @@ mod tests {
         let now = 1_700_000_123; // 2023-11-14
         let s = span(Window::CalendarMonth, now);
         assert_eq!(s.label.as_deref(), Some("2023-11"));
-        assert_eq!(s.resets_at, days_from_civil(2023, 12, 1) * 86_400);
-        assert_eq!(s.settle_by, s.resets_at, "the year window ends on 2023-12-19");
-        let december = days_from_civil(2023, 12, 31) * 86_400 + 5;
+        assert_eq!(s.resets_at, days_from_civil(2023, 12, 1) * DAY);
+        let december = days_from_civil(2023, 12, 31) * DAY + 5;
         let s = span(Window::CalendarMonth, december);
         assert_eq!(s.label.as_deref(), Some("2023-12"));
-        assert_eq!(s.resets_at, days_from_civil(2024, 1, 1) * 86_400);
-        // The service's 365-day window turned on 2023-12-19 00:00 UTC; a
-        // settlement of an admission before then could not reach its counter.
-        let early_december = days_from_civil(2023, 12, 2) * 86_400;
-        assert_eq!(span(Window::CalendarMonth, early_december).settle_by, days_from_civil(2023, 12, 19) * 86_400);
+        assert_eq!(s.resets_at, days_from_civil(2024, 1, 1) * DAY);
+        // December 2026 runs to its end, across 2026-12-18, where a 365-day
+        // window from the epoch turns.
+        let december_17 = days_from_civil(2026, 12, 17) * DAY;
+        assert_eq!(december_17 / DAY % 365, 364);
+        for now in [december_17, december_17 + 2 * DAY] {
+            let s = span(Window::CalendarMonth, now);
+            assert_eq!(s.label.as_deref(), Some("2026-12"));
+            assert_eq!(s.resets_at, days_from_civil(2027, 1, 1) * DAY);
+        }
     }
 }

@@ -59,8 +59,9 @@ impl Clock for ManualClock {
 pub struct Increment {
     pub key: String,
     pub hits: u64,
-    /// The unit's length: Redis's `EXPIRE`, as upstream sets it.
-    pub unit_seconds: i64,
+    /// Redis's `EXPIRE`: the window's length (upstream sets the unit's), renewed by
+    /// every increment, so the key outlives its window.
+    pub ttl_seconds: i64,
     /// When the counter's window ends (Unix seconds): the memory backend forgets it then.
     pub window_end: i64,
 }
@@ -232,7 +233,7 @@ impl Limiter for RedisLimiter {
                 pipe.cmd("INCRBY").arg(&increment.key).arg(increment.hits);
                 pipe.cmd("EXPIRE")
                     .arg(&increment.key)
-                    .arg(increment.unit_seconds)
+                    .arg(increment.ttl_seconds)
                     .ignore();
             }
             let mut connection = self.connection.clone();
@@ -255,7 +256,7 @@ mod tests {
         Increment {
             key: key.to_owned(),
             hits,
-            unit_seconds: 60,
+            ttl_seconds: 60,
             window_end,
         }
     }

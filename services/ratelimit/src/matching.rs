@@ -12,9 +12,13 @@
 //! - A descriptor that carries its own `limit` (Envoy's override) uses it as is, if the
 //!   domain is known; it is never in shadow mode.
 //!
-//! Metric names follow upstream as well: `domain.key_value.key` from the configuration
-//! path, the request's values with `detailed_metric`, or the runtime value at levels
-//! marked `value_to_metric`.
+//! Metric names follow upstream: `domain.key_value.key` from the configuration path (a
+//! wildcard level by its pattern, never the request's value), the request's values
+//! only where the configuration asks for them (`detailed_metric`, or levels marked
+//! `value_to_metric`). Except for overrides: upstream names them `domain.key_value…`
+//! with the request's values, a series per user for per-user overrides (the guard's
+//! budgets); here they are named by their entries' keys alone, so the number of series
+//! stays bounded by the configurations of the service and its callers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -131,7 +135,7 @@ pub fn lookup(
     };
 
     if let Some(limit) = &descriptor.limit {
-        let full_key = descriptor_key(domain, descriptor);
+        let full_key = override_stats_key(domain, descriptor);
         let stats = metrics.rule_stats(domain, &full_key);
         let rule = Arc::new(Rule {
             full_key,
@@ -251,20 +255,13 @@ pub fn lookup(
     })
 }
 
-/// `domain.k1_v1.k2_v2` (a value-less entry is just its key): the stats name of a limit
-/// override.
-fn descriptor_key(domain: &str, descriptor: &RateLimitDescriptor) -> String {
+/// `domain.k1.k2`: the stats name of a limit override, from its entries' keys only (the
+/// values are the caller's: users, keys, months).
+fn override_stats_key(domain: &str, descriptor: &RateLimitDescriptor) -> String {
     let mut key = String::from(domain);
-    key.push('.');
-    for (index, entry) in descriptor.entries.iter().enumerate() {
-        if index > 0 {
-            key.push('.');
-        }
+    for entry in &descriptor.entries {
+        key.push('.');
         key.push_str(&entry.key);
-        if !entry.value.is_empty() {
-            key.push('_');
-            key.push_str(&entry.value);
-        }
     }
     key
 }
@@ -508,7 +505,11 @@ descriptors:
         assert_eq!(matched.rule.requests_per_unit, 42);
         assert_eq!(matched.rule.unit, Some(Unit::Minute));
         assert!(!matched.rule.shadow_mode);
-        assert_eq!(matched.rule.full_key, "test.anything_x.more");
+        assert_eq!(matched.rule.full_key, "test.anything.more");
+        assert!(Arc::ptr_eq(
+            &matched.stats,
+            &metrics.rule_stats("test", "test.anything.more")
+        ));
         assert!(lookup(&config.domains, "nope", &descriptor, &metrics).is_none());
     }
 

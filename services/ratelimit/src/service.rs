@@ -6,9 +6,10 @@
 //!    reported.
 //! 2. Hits: the descriptor's `hits_addend` if set (an explicit 0 reads the counter without
 //!    charging it), else the request's, where 0 means 1.
-//! 3. Every remaining limit's counter for the current fixed window gets its hits, in one
+//! 3. Every remaining limit's counter for the current window gets its hits, in one
 //!    backend call; the count after the increment is compared: over limit when
-//!    `count > requests_per_unit`.
+//!    `count > requests_per_unit`. Windows are upstream's fixed ones, but for the year,
+//!    which is the calendar year ([`crate::units`]).
 //! 4. Statuses, one per descriptor in order: no limit → `OK` with neither limit nor
 //!    remaining; unlimited → `OK` with `limit_remaining` u32::MAX; otherwise the code,
 //!    `current_limit`, `limit_remaining` (0 when over) and `duration_until_reset`. A rule
@@ -172,12 +173,12 @@ impl RateLimitService {
                     matched.rule.full_key
                 )));
             };
-            let window_start = unit.window_start(now);
+            let window = unit.window(now);
             increments.push(Increment {
-                key: self.counter_key(&request.domain, descriptor, matched, window_start),
+                key: self.counter_key(&request.domain, descriptor, matched, window.start),
                 hits: addend,
-                unit_seconds: unit.seconds(),
-                window_end: window_start + unit.seconds(),
+                ttl_seconds: window.seconds(),
+                window_end: window.end,
             });
             matched
                 .stats
@@ -366,6 +367,7 @@ mod tests {
 
     struct Fixture {
         service: RateLimitService,
+        limiter: Arc<MemoryLimiter>,
         clock: Arc<ManualClock>,
         metrics: Arc<Metrics>,
     }
@@ -373,16 +375,18 @@ mod tests {
     fn fixture_with(yaml: &str, settings: Settings) -> Fixture {
         let metrics = Arc::new(Metrics::default());
         let config = RateLimitConfig::from_yaml(yaml, &metrics).unwrap();
+        let limiter = Arc::new(MemoryLimiter::new(4));
         let clock = Arc::new(ManualClock::new(HOUR_START));
         let service = RateLimitService::new(
             config,
-            Arc::new(MemoryLimiter::new(4)),
+            limiter.clone(),
             clock.clone(),
             metrics.clone(),
             settings,
         );
         Fixture {
             service,
+            limiter,
             clock,
             metrics,
         }
@@ -518,19 +522,19 @@ mod tests {
 
     #[test]
     fn every_unit_has_its_own_window() {
-        for (unit, seconds) in [
-            ("second", 1),
-            ("minute", 60),
-            ("hour", 3600),
-            ("day", 86_400),
-            ("week", 604_800),
-            ("month", 2_592_000),
-            ("year", 31_536_000),
+        for (unit, start, seconds) in [
+            ("second", 30_000, 1),
+            ("minute", 60 * 30_000, 60),
+            ("hour", 3600 * 30_000, 3600),
+            ("day", 86_400 * 30_000, 86_400),
+            ("week", 604_800 * 30_000, 604_800),
+            ("month", 2_592_000 * 30_000, 2_592_000),
+            // the calendar year 2028, a leap year
+            ("year", 1_830_297_600, 366 * 86_400),
         ] {
             let f = fixture(&format!(
                 "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{unit: {unit}, requests_per_unit: 1}}\n"
             ));
-            let start = seconds * 30_000; // a window boundary of this unit
             f.clock.set(start);
             assert_eq!(f.one("d", &[("k", "v")]).overall_code(), Code::Ok, "{unit}");
             f.clock.set(start + seconds - 1);
@@ -546,6 +550,95 @@ mod tests {
             );
             f.clock.set(start + seconds);
             assert_eq!(f.one("d", &[("k", "v")]).overall_code(), Code::Ok, "{unit}");
+        }
+    }
+
+    /// A guard budget's ledger counter: the calendar month in the descriptor, the year
+    /// unit expiring it, read from `limit_remaining` under a `u32::MAX` override.
+    fn month_ledger(user: &str, month: &str, hits: u64) -> RateLimitDescriptor {
+        let mut d = descriptor(&[
+            ("budget", "user-tokens"),
+            ("user", user),
+            ("month", month),
+            ("ledger", "reserved"),
+        ]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: u32::MAX,
+            unit: ProtoUnit::Year as i32,
+        });
+        d.hits_addend = Some(hits);
+        d
+    }
+
+    #[test]
+    fn a_calendar_month_keeps_counting_across_upstreams_365_day_boundary() {
+        const DEC_17_2026: i64 = 1_797_465_600;
+        const DEC_19_2026: i64 = 1_797_638_400;
+        const JAN_1_2027: i64 = 1_798_761_600;
+        let f = fixture(SEED);
+        let ledger = |hits| request("ai-gateway", vec![month_ledger("ann", "2026-12", hits)], 0);
+        let used = || {
+            let response = f.call(&ledger(0));
+            let status = &response.statuses[0];
+            (
+                u32::MAX - status.limit_remaining,
+                status.duration_until_reset.as_ref().unwrap().seconds,
+            )
+        };
+        f.clock.set(DEC_17_2026 + 43_200);
+        f.call(&ledger(700));
+        assert_eq!(used(), (700, JAN_1_2027 - DEC_17_2026 - 43_200));
+        // 2026-12-18T00:00:00Z, where a 365-day window from the epoch turns, passes.
+        f.clock.set(DEC_19_2026);
+        assert_eq!(f.limiter.sweep(DEC_19_2026), 0, "the counter is kept");
+        f.call(&ledger(300));
+        assert_eq!(used(), (1_000, JAN_1_2027 - DEC_19_2026));
+        // The counter goes with its year.
+        assert_eq!(f.limiter.sweep(JAN_1_2027), 1);
+    }
+
+    #[test]
+    fn metric_series_stay_constant_as_users_grow() {
+        let f = fixture(
+            "domain: d\ndescriptors:\n  - key: user_id\n    rate_limit: {unit: hour, requests_per_unit: 5}\n  - key: path\n    value: /users/*\n    rate_limit: {unit: minute, requests_per_unit: 5}\n",
+        );
+        let serve = |user: &str| {
+            let path = format!("/users/{user}");
+            f.call(&request(
+                "d",
+                vec![
+                    descriptor(&[("user_id", user)]),
+                    descriptor(&[("path", &path)]),
+                    month_ledger(user, "2026-11", 10),
+                ],
+                0,
+            ));
+        };
+        let series = || -> Vec<String> {
+            f.metrics
+                .render()
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        serve("user-0");
+        let first = series();
+        for n in 1..1_000 {
+            serve(&format!("user-{n}"));
+        }
+        let after = series();
+        assert_eq!(after.len(), first.len(), "{after:#?}");
+        assert!(
+            after.iter().all(|line| !line.contains("user-")),
+            "{after:#?}"
+        );
+        for descriptor in ["user_id", "path_/users/*", "budget.user.month.ledger"] {
+            let line = format!(
+                "ratelimit_service_rate_limit_total_hits{{domain=\"d\",descriptor=\"{descriptor}\"}} {}",
+                if descriptor.starts_with("budget") { 10_000 } else { 1_000 }
+            );
+            assert!(after.contains(&line), "missing {line} in {after:#?}");
         }
     }
 

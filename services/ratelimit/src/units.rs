@@ -1,5 +1,11 @@
-//! Time units and fixed windows, as envoyproxy/ratelimit computes them: a window is
-//! `now / divider * divider` in Unix seconds, with a month of 30 days and a year of 365.
+//! Time units and their windows. Second to month are fixed windows, as
+//! envoyproxy/ratelimit computes them: `now / length * length` in Unix seconds, with a
+//! month of 30 days. The year is the UTC calendar year (1 January to 1 January, 365 or
+//! 366 days), where upstream counts 365-day windows from the epoch: the guard's
+//! calendar-month budgets name the month in the descriptor under the `year` unit, and a
+//! calendar month always lies inside one calendar year, so its counter's window never
+//! turns mid-month (a 365-day window turns on some other day each year, such as
+//! 2026-12-18).
 
 use tollgate_ratelimit_proto::Unit as ProtoUnit;
 
@@ -56,28 +62,83 @@ impl Unit {
         }
     }
 
-    /// The window length in seconds.
-    pub fn seconds(self) -> i64 {
+    /// The length of the unit's fixed windows; `None` for the calendar year.
+    fn fixed_seconds(self) -> Option<i64> {
         match self {
-            Unit::Second => 1,
-            Unit::Minute => 60,
-            Unit::Hour => 3_600,
-            Unit::Day => 86_400,
-            Unit::Week => 7 * 86_400,
-            Unit::Month => 30 * 86_400,
-            Unit::Year => 365 * 86_400,
+            Unit::Second => Some(1),
+            Unit::Minute => Some(60),
+            Unit::Hour => Some(3_600),
+            Unit::Day => Some(DAY),
+            Unit::Week => Some(7 * DAY),
+            Unit::Month => Some(30 * DAY),
+            Unit::Year => None,
         }
     }
 
-    /// Start of the fixed window holding `now` (Unix seconds).
-    pub fn window_start(self, now: i64) -> i64 {
-        now.div_euclid(self.seconds()) * self.seconds()
+    /// The window holding `now` (Unix seconds).
+    pub fn window(self, now: i64) -> Window {
+        match self.fixed_seconds() {
+            Some(length) => {
+                let start = now.div_euclid(length) * length;
+                Window {
+                    start,
+                    end: start.saturating_add(length),
+                }
+            }
+            None => {
+                let year = year_of_day(now.div_euclid(DAY));
+                Window {
+                    start: new_year_day(year).saturating_mul(DAY),
+                    end: new_year_day(year + 1).saturating_mul(DAY),
+                }
+            }
+        }
     }
 
-    /// Seconds until the window holding `now` ends: always in `1..=seconds()`.
+    /// Seconds until the window holding `now` ends: at least 1, at most its length.
     pub fn until_reset(self, now: i64) -> i64 {
-        self.seconds() - now.rem_euclid(self.seconds())
+        self.window(now).end - now
     }
+}
+
+/// A window in Unix seconds: it holds `start <= t < end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Window {
+    /// Its length: 365 or 366 days for a year.
+    pub fn seconds(self) -> i64 {
+        self.end - self.start
+    }
+}
+
+const DAY: i64 = 86_400;
+
+/// Days from 0001-01-01 to 1970-01-01 in the proleptic Gregorian calendar.
+const DAYS_FROM_YEAR_ONE_TO_EPOCH: i64 = 719_162;
+
+/// Days from 1970-01-01 to 1 January of `year` (proleptic Gregorian calendar).
+fn new_year_day(year: i64) -> i64 {
+    let years_before = year - 1;
+    365 * years_before + years_before.div_euclid(4) - years_before.div_euclid(100)
+        + years_before.div_euclid(400)
+        - DAYS_FROM_YEAR_ONE_TO_EPOCH
+}
+
+/// The calendar year holding `day` (days from 1970-01-01).
+fn year_of_day(day: i64) -> i64 {
+    // 400 Gregorian years are 146,097 days: an estimate at most a year off.
+    let mut year = 1970 + day.saturating_mul(400).div_euclid(146_097);
+    while new_year_day(year) > day {
+        year -= 1;
+    }
+    while new_year_day(year + 1) <= day {
+        year += 1;
+    }
+    year
 }
 
 #[cfg(test)]
@@ -88,21 +149,66 @@ mod tests {
     fn windows_and_resets_for_every_unit() {
         let now = 1_700_000_123; // 2023-11-14T22:15:23Z
         let cases = [
-            (Unit::Second, 1_700_000_123, 1),
-            (Unit::Minute, 1_700_000_100, 37),
-            (Unit::Hour, 1_699_999_200, 2_677),
-            (Unit::Day, 1_699_920_000, 6_277),
-            (Unit::Week, 1_699_488_000, 92_677),
-            (Unit::Month, 1_697_760_000, 351_877),
-            (Unit::Year, 1_671_408_000, 2_943_877),
+            (Unit::Second, 1_700_000_123, 1_700_000_124),
+            (Unit::Minute, 1_700_000_100, 1_700_000_160),
+            (Unit::Hour, 1_699_999_200, 1_700_002_800),
+            (Unit::Day, 1_699_920_000, 1_700_006_400),
+            (Unit::Week, 1_699_488_000, 1_700_092_800),
+            (Unit::Month, 1_697_760_000, 1_700_352_000),
+            // 2023-01-01 to 2024-01-01
+            (Unit::Year, 1_672_531_200, 1_704_067_200),
         ];
-        for (unit, start, reset) in cases {
-            assert_eq!(unit.window_start(now), start, "{unit:?}");
-            assert_eq!(unit.until_reset(now), reset, "{unit:?}");
-            assert_eq!(start + unit.seconds(), now + reset, "{unit:?}");
+        for (unit, start, end) in cases {
+            assert_eq!(unit.window(now), Window { start, end }, "{unit:?}");
+            assert_eq!(unit.until_reset(now), end - now, "{unit:?}");
         }
         // At the first second of a window, a whole window remains.
         assert_eq!(Unit::Hour.until_reset(1_699_999_200), 3_600);
+    }
+
+    #[test]
+    fn years_are_calendar_years_in_utc() {
+        const Y2026: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+        const Y2027: i64 = 1_798_761_600;
+        const Y2028: i64 = 1_830_297_600;
+        const Y2029: i64 = 1_861_920_000;
+        let year = |start, end| Window { start, end };
+        // The last second of a year, then the first of the next.
+        assert_eq!(Unit::Year.window(Y2027 - 1), year(Y2026, Y2027));
+        assert_eq!(Unit::Year.until_reset(Y2027 - 1), 1);
+        assert_eq!(Unit::Year.window(Y2027), year(Y2027, Y2028));
+        assert_eq!(Unit::Year.until_reset(Y2027), 365 * DAY);
+        // Upstream's 365-day window turns at 2026-12-18T00:00:00Z; the year does not.
+        let old_boundary = 1_797_552_000;
+        assert_eq!(old_boundary % (365 * DAY), 0);
+        assert_eq!(Unit::Year.window(old_boundary - 1), year(Y2026, Y2027));
+        assert_eq!(Unit::Year.window(old_boundary), year(Y2026, Y2027));
+        // 2028 is a leap year: 366 days, 29 February inside it.
+        let leap_day = 1_835_395_200; // 2028-02-29T00:00:00Z
+        assert_eq!(Unit::Year.window(leap_day + 43_200), year(Y2028, Y2029));
+        assert_eq!(Unit::Year.window(leap_day).seconds(), 366 * DAY);
+        assert_eq!(Unit::Year.window(Y2029 - 1), year(Y2028, Y2029));
+        assert_eq!(Unit::Year.until_reset(Y2028), 366 * DAY);
+        // Centuries: 2000 is a leap year, 2100 is not; before the epoch too.
+        assert_eq!(Unit::Year.window(951_782_400).seconds(), 366 * DAY); // 2000-02-29
+        assert_eq!(
+            Unit::Year.window(4_102_444_800 + 59 * DAY), // 2100-03-01
+            year(4_102_444_800, 4_133_980_800)
+        );
+        assert_eq!(Unit::Year.window(-1), year(-365 * DAY, 0));
+    }
+
+    #[test]
+    fn new_years_follow_the_gregorian_leap_rule() {
+        let is_leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut day = new_year_day(1600);
+        for y in 1600..2500 {
+            assert_eq!(new_year_day(y), day, "{y}");
+            assert_eq!(year_of_day(day), y);
+            assert_eq!(year_of_day(day - 1), y - 1);
+            day += if is_leap(y) { 366 } else { 365 };
+        }
+        assert_eq!(new_year_day(1970), 0);
     }
 
     #[test]

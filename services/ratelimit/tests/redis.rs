@@ -1,14 +1,21 @@
 //! The Redis backend against a real redis-server (Debian's, started per test): fixed
-//! windows, upstream's key format, replicas sharing counters, and Redis failures.
+//! windows and calendar years, upstream's key format, replicas sharing counters, and
+//! Redis failures.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ratelimit::limiter::{Increment, Limiter, RedisLimiter};
-use ratelimit::messages::Code;
+use ratelimit::config::RateLimitConfig;
+use ratelimit::limiter::{Increment, Limiter, ManualClock, RedisLimiter};
+use ratelimit::messages::{
+    Code, RateLimitDescriptor, RateLimitOverride, RateLimitRequest, Unit as ProtoUnit,
+};
+use ratelimit::metrics::Metrics;
 use ratelimit::server::{start, Options};
+use ratelimit::service::{RateLimitService, Settings};
 use redis::AsyncCommands as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +65,63 @@ async fn redis_backend_counts_in_fixed_windows_with_upstreams_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn year_counters_are_keyed_by_the_calendar_year_and_outlive_it() {
+    const JAN_1_2026: i64 = 1_767_225_600;
+    const DEC_17_2026: i64 = 1_797_465_600;
+    const DEC_19_2026: i64 = 1_797_638_400;
+    let Some(redis) = Redis::start() else { return };
+    let limiter = RedisLimiter::connect(&redis.url(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let clock = Arc::new(ManualClock::new(DEC_17_2026));
+    let service = RateLimitService::new(
+        RateLimitConfig::from_yaml(SEED, &metrics).unwrap(),
+        Arc::new(limiter),
+        clock.clone(),
+        metrics,
+        Settings::default(),
+    );
+    // A guard budget's ledger: the calendar month in the descriptor, the year unit.
+    let mut ledger = RateLimitDescriptor::from_entries([
+        ("budget", "user-tokens"),
+        ("user", "ann"),
+        ("month", "2026-12"),
+        ("ledger", "reserved"),
+    ]);
+    ledger.limit = Some(RateLimitOverride {
+        requests_per_unit: u32::MAX,
+        unit: ProtoUnit::Year as i32,
+    });
+    ledger.hits_addend = Some(700);
+    let request = RateLimitRequest {
+        domain: "ai-gateway".into(),
+        descriptors: vec![ledger],
+        hits_addend: 0,
+    };
+    service.should_rate_limit(&request).await.unwrap();
+    // 2026-12-18T00:00:00Z, where upstream's 365-day window turns, passes: same key.
+    clock.set(DEC_19_2026);
+    let response = service.should_rate_limit(&request).await.unwrap();
+    assert_eq!(u32::MAX - response.statuses[0].limit_remaining, 1_400);
+
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = connection.keys("*").await.unwrap();
+    let key = format!(
+        "ai-gateway_budget_user-tokens_user_ann_month_2026-12_ledger_reserved_{JAN_1_2026}"
+    );
+    assert_eq!(keys, vec![key.clone()]);
+    // The TTL is the year's length, renewed by each increment: the key lives at least
+    // until the year ends.
+    let ttl: i64 = connection.ttl(&key).await.unwrap();
+    assert!((365 * 86_400 - 10..=365 * 86_400).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_second_windows_expire_in_redis() {
     let Some(redis) = Redis::start() else { return };
     let limiter = RedisLimiter::connect(&redis.url(), Duration::from_secs(1))
@@ -66,13 +130,13 @@ async fn per_second_windows_expire_in_redis() {
     let increment = |hits| Increment {
         key: "d_k_v_0".into(),
         hits,
-        unit_seconds: 1,
+        ttl_seconds: 1,
         window_end: 1,
     };
     assert_eq!(limiter.increment(&[increment(2)]).await.unwrap(), vec![2]);
     assert_eq!(limiter.increment(&[increment(0)]).await.unwrap(), vec![2]);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    // EXPIRE unit_seconds removed it
+    // EXPIRE ttl_seconds removed it
     assert_eq!(limiter.increment(&[increment(0)]).await.unwrap(), vec![0]);
 }
 
