@@ -404,6 +404,11 @@ fn route_config(config: &GatewayConfig, routing: &Routing) -> Result<Value> {
         "virtual_hosts": [{
             "name": "tollgate",
             "domains": ["*"],
+            // Routing facts and caller identity are the gateway's business:
+            // Envoy drops them before the first try (one header map serves
+            // every try), where the per-attempt filter would pay a host call
+            // per header per try.
+            "request_headers_to_remove": ["x-ai-model", "x-ai-backend", "x-ai-tier", routing.team_header],
             // Numbers each try for the per-attempt filter, and tells the client.
             "include_request_attempt_count": true,
             "include_attempt_count_in_response": true,
@@ -582,6 +587,11 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
         assert_eq!(retry["retriable_status_codes"], json!([429, 500, 502, 503]));
         assert_eq!(retry["retry_priority"]["name"], "envoy.retry_priorities.previous_priorities");
         assert_eq!(retry["rate_limited_retry_back_off"]["max_interval"], "10s");
+        assert_eq!(
+            vhost["request_headers_to_remove"],
+            json!(["x-ai-model", "x-ai-backend", "x-ai-tier", "x-tollgate-team"]),
+            "routing facts and the team stay in the gateway"
+        );
     }
 
     #[test]

@@ -63,7 +63,9 @@ pub fn access_log() -> Value {
         ("status", "%RESPONSE_CODE%"),
         ("flags", "%RESPONSE_FLAGS%"),
         ("duration_ms", "%DURATION%"),
-        ("model", "%REQ(X-AI-MODEL)%"),
+        // The router's decision (its filter state: the header does not
+        // outlive routing).
+        ("model", "%FILTER_STATE(wasm.tollgate_model:PLAIN)%"),
         ("tier", "%REQ(X-MODEL-TIER)%"),
         ("cluster", "%UPSTREAM_CLUSTER%"),
         ("upstream", "%UPSTREAM_HOST%"),

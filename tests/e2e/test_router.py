@@ -50,12 +50,13 @@ def test_models_and_aliases_are_rewritten_per_backend(fresh_mocks, client):
     assert r.status_code == 200 and r.headers["x-tollgate-backend"] == "openai"
     assert received_models(fresh_mocks, "openai") == ["gpt-4-turbo"], "alias resolved to the group's model"
     r = client.post("/v1/messages", json={"model": "claude", "max_tokens": 32,
-                                          "messages": [{"role": "user", "content": "hi"}]})
+                                          "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"x-tollgate-team": "search"})
     assert r.status_code == 200 and r.headers["x-tollgate-backend"] == "anthropic"
     assert received_models(fresh_mocks, "anthropic") == ["claude-sonnet-4-20250514"]
-    # Internal routing headers never reach a provider.
+    # Internal routing headers and the caller's team never reach a provider.
     sent = fresh_mocks.mock_requests("anthropic")[-1]["headers"]
-    assert not [h for h in sent if h.startswith("x-ai-")]
+    assert not [h for h in sent if h.startswith("x-ai-") or h == "x-tollgate-team"]
 
 
 def test_errors_are_openai_shaped(client):

@@ -5,8 +5,8 @@
 use crate::config::{Backend, Provider, Routing};
 use crate::translation::{ClientAsk, Direction, ResponseTranslator};
 use crate::{
-    backend_state, ATTEMPT_HEADER, BACKEND_HEADER, MODEL_HEADER, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_BODY_LENGTH,
-    STATE_MODEL, STATE_REQUESTED_MODEL, TIER_HEADER,
+    backend_state, ATTEMPT_HEADER, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_BODY_LENGTH, STATE_MODEL,
+    STATE_REQUESTED_MODEL,
 };
 use crate::config::{ModelGroup, Strategy};
 use std::rc::Rc;
@@ -74,14 +74,14 @@ impl Attempt {
         };
         let path = header(host, ":path").unwrap_or_default();
         let translating = Direction::between(&path, config.provider).is_some();
-        if end_of_stream || (!translating && self.body_stays(host)) {
+        if end_of_stream {
+            self.rewrite_headers(host);
+            return Flow::Continue;
+        }
+        if let Some(length) = (!translating).then(|| self.unchanged_body_length(host)).flatten() {
             // Nothing in the body changes: no need to hold it. The length is
             // restated, since an earlier attempt may have sent another body.
-            if !end_of_stream {
-                if let Some(length) = state(host, STATE_BODY_LENGTH) {
-                    set(host, HeaderMap::Request, "content-length", Some(&length));
-                }
-            }
+            set(host, HeaderMap::Request, "content-length", Some(&length));
             self.rewrite_headers(host);
             return Flow::Continue;
         }
@@ -91,13 +91,14 @@ impl Attempt {
         Flow::Pause
     }
 
-    /// Whether the body already names the model this backend knows the
-    /// decided group by (the common case: no rewrite, no pause).
-    fn body_stays(&self, host: &dyn Host) -> bool {
-        let (Some(requested), Some(length)) = (state(host, STATE_REQUESTED_MODEL), state(host, STATE_BODY_LENGTH)) else {
-            return false;
-        };
-        !length.is_empty() && self.target_model().is_some_and(|target| target == requested)
+    /// The body's length when the body already names the model this backend
+    /// knows the decided group by (the common case: no rewrite, no pause).
+    fn unchanged_body_length(&self, host: &dyn Host) -> Option<String> {
+        let requested = state(host, STATE_REQUESTED_MODEL)?;
+        if self.target_model().is_none_or(|target| target != requested) {
+            return None;
+        }
+        state(host, STATE_BODY_LENGTH).filter(|length| !length.is_empty())
     }
 
     fn decided_group(&self) -> Option<&ModelGroup> {
@@ -279,10 +280,6 @@ impl Attempt {
                 }
             }
         }
-        // Routing facts and caller identity are the gateway's business.
-        for internal in [MODEL_HEADER, BACKEND_HEADER, TIER_HEADER, self.routing.team_header.as_str()] {
-            set(host, HeaderMap::Request, internal, None);
-        }
     }
 }
 
@@ -342,8 +339,6 @@ mod tests {
         assert_eq!(body_model(&host), "meta-llama/Llama-3.1-70B");
         let length = host.request_header("content-length").unwrap();
         assert_eq!(length, host.state().request_body.len().to_string());
-        assert_eq!(host.request_header(MODEL_HEADER), None, "internal headers are stripped");
-        assert_eq!(host.request_header(BACKEND_HEADER), None);
     }
 
     #[test]
@@ -372,7 +367,6 @@ mod tests {
         let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
         assert_eq!(filter.on_request_headers(&host, false), Flow::Continue);
         assert_eq!(host.request_header("content-length").as_deref(), Some("36"), "restated for this attempt");
-        assert_eq!(host.request_header(MODEL_HEADER), None);
         // The headers went on: the body callback must leave them alone.
         host.state().request_headers_sent = true;
         host.state().request_body = br#"{"model":"llama-8b","messages":[]}"#.to_vec();
