@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Writes the generated manifests of gateway-api/ from the local gateway.
 
-    python3 gateway-api/generate.py          # rewrite 30-, 40-, 50-, 60-*.yaml
+    python3 gateway-api/generate.py          # rewrite 25-, 30-, 40-, 50-, 60-*.yaml
     python3 gateway-api/generate.py --check  # exit 1 if any of them is stale
 
 The local gateway's Envoy configuration, envoy/local.json (what `tollgate
 render` makes of examples/tollgate.yaml), is the reference for routing,
-retries, health checks and each filter's JSON configuration; the hand-written
-00-, 10- and 20-*.yaml say where things are in the cluster (Services, provider
-Backends, the Secret holding API keys). From both this writes:
+retries, health checks, each filter's JSON configuration and the guard's
+rate-limit cluster; the hand-written 00-, 10-, 20- and 26-*.yaml say where
+things are in the cluster (Services, provider Backends, the Secret holding API
+keys, the rate-limit service). From both, and the rate-limit service's own
+configuration file that examples/tollgate.yaml names, this writes:
 
+    25-ratelimit-config.yaml      the rate-limit service's configuration
     30-httproute.yaml             the route table
     40-backendtrafficpolicy.yaml  retries and health checks per rule
     50-envoyextensionpolicy.yaml  the three wasm filters and their configuration
@@ -31,6 +34,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOCAL = ROOT / "envoy" / "local.json"
+GATEWAY_CONFIG = ROOT / "examples" / "tollgate.yaml"
 
 NAMESPACE = "tollgate"
 GATEWAY = "tollgate"
@@ -39,10 +43,14 @@ ROUTE = "tollgate"
 EXTENSION_POLICY = "tollgate-filters"
 WASM_BASE_URL = "http://tollgate-wasm.tollgate.svc.cluster.local"
 WASM_FETCH_CLUSTER = "tollgate_wasm"  # static cluster added by the EnvoyProxy in 10-gateway.yaml
+RATELIMIT_SERVICE = "tollgate-ratelimit"  # the Service (26-ratelimit.yaml) the guard's cluster points at
+RATELIMIT_CONFIG_MAP = "tollgate-ratelimit-config"  # mounted by its Deployment
 UPSTREAM_ROOT_ID = "tollgate.router.upstream"
 OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Settings the local route's retry policy has that BackendTrafficPolicy expresses.
 RETRY_IN_POLICY = {"retry_on", "retriable_status_codes", "num_retries", "retry_priority"}
+# The local virtual host's settings no Gateway API or Envoy Gateway field carries.
+VHOST_SETTINGS = ("include_request_attempt_count", "include_attempt_count_in_response", "request_headers_to_remove")
 
 
 def flow(value) -> str:
@@ -72,6 +80,8 @@ class Local:
         self.filters = [f["typed_config"]["config"] for f in hcm["http_filters"]
                         if f["name"] != "envoy.filters.http.router"]
         self.clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+        guard = next(f for f in self.filters if f["root_id"] == "tollgate.guard")
+        self.guard = json.loads(guard["configuration"]["value"])
 
     def chain(self, cluster: str) -> list[str]:
         localities = sorted(self.clusters[cluster]["load_assignment"]["endpoints"], key=lambda e: e.get("priority", 0))
@@ -105,10 +115,11 @@ class Local:
 
 
 class Cluster:
-    """Where the backends are in Kubernetes, from the hand-written manifests."""
+    """Where the backends and the rate-limit service are in Kubernetes, from the hand-written manifests."""
 
     def __init__(self) -> None:
-        docs = [d for p in ("10-gateway.yaml", "20-backends.yaml") for d in yaml.safe_load_all((HERE / p).read_text()) if d]
+        docs = [d for p in ("10-gateway.yaml", "20-backends.yaml", "26-ratelimit.yaml")
+                for d in yaml.safe_load_all((HERE / p).read_text()) if d]
         self.services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
         self.backends = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Backend"}
         proxy = next(d for d in docs if d["kind"] == "EnvoyProxy")
@@ -134,6 +145,12 @@ class Cluster:
     def hostname(self, name: str) -> str:
         return self.backends[name]["spec"]["endpoints"][0]["fqdn"]["hostname"]
 
+    def grpc_address(self, name: str) -> tuple[str, int]:
+        """A Service's DNS name and its `grpc` port."""
+        service = self.services[name]
+        port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+        return f"{name}.{service['metadata']['namespace']}.svc.cluster.local", port
+
 
 def key_variable(backend: str, cluster: Cluster) -> str | None:
     variable = f"{backend.upper().replace('-', '_')}_API_KEY"
@@ -151,6 +168,31 @@ def router_config(local: Local, cluster: Cluster) -> dict:
         else:
             settings.pop("api_key_env", None)
     return config
+
+
+def ratelimit_config_map() -> str:
+    """The rate-limit service's configuration file, verbatim, as a ConfigMap."""
+    relative = yaml.safe_load(GATEWAY_CONFIG.read_text())["ratelimit"]["config"]
+    source = ROOT / relative  # relative to the working directory, which for `make run` is the repository
+    content = source.read_text()
+    text = f"""# GENERATED by gateway-api/generate.py from {relative}: do not edit.
+#
+# The rate-limit service's configuration (envoyproxy/ratelimit's format), the
+# file that `ratelimit.config` in examples/tollgate.yaml names, verbatim. The
+# service's Deployment (26-ratelimit.yaml) mounts it as a directory.
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {RATELIMIT_CONFIG_MAP}
+  namespace: {NAMESPACE}
+data:
+  {source.name}: |
+""" + "".join(f"    {line}" if line.strip() else line for line in content.splitlines(keepends=True))
+    # A literal block cannot hold every text (leading blanks on the first line,
+    # no final newline or several): refuse one that would not read back the same.
+    if yaml.safe_load(text)["data"][source.name] != content:
+        raise SystemExit(f"{relative} does not fit a YAML literal block unchanged")
+    return text
 
 
 def httproute(local: Local, cluster: Cluster) -> str:
@@ -342,8 +384,10 @@ spec:
     out.append("""
     # 2. The local virtual host's settings: Envoy numbers each try in
     #    x-envoy-attempt-count (read by the per-attempt filter, shown to
-    #    clients), and what of the retry policy BackendTrafficPolicy lacks.""")
-    for key in ("include_request_attempt_count", "include_attempt_count_in_response"):
+    #    clients), drops the router's decision headers and the team header
+    #    before the first try (they are the gateway's business, not a
+    #    provider's), and what of the retry policy BackendTrafficPolicy lacks.""")
+    for key in VHOST_SETTINGS:
         if key in local.vhost:
             out.append(f"""    - type: type.googleapis.com/envoy.config.route.v3.RouteConfiguration
       name: {listener}
@@ -439,12 +483,45 @@ spec:
         jsonPath: "{path}"
         path: metadata/filter_metadata/tollgate
         value: {flow(local.metadata(backend))}""")
+
+    name = local.guard["cluster"]
+    local_cluster = local.clusters[name]
+    address, port = cluster.grpc_address(RATELIMIT_SERVICE)
+    ratelimit = {
+        "name": name, "type": "STRICT_DNS", "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": local_cluster["connect_timeout"],
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}]}]},
+        "typed_extension_protocol_options": local_cluster["typed_extension_protocol_options"]}
+    out.append(f"""
+    # 5. The cluster the guard calls with dispatch_grpc_call, named as its
+    #    `cluster`: EnvoyExtensionPolicy cannot declare one. An `add` with an
+    #    empty `path` and no `jsonPath` adds `value` as a new resource; `name`
+    #    is required but not looked up, and `path: ""` must be there (Envoy
+    #    Gateway refuses a patch with neither path nor jsonPath). Envoy Gateway
+    #    v1.9.0: internal/xds/translator/jsonpatch.go, and its test
+    #    testdata/in/xds-ir/jsonpatch.yaml, which adds a rate-limit cluster so.
+    #    Not in the EnvoyProxy's bootstrap like `{WASM_FETCH_CLUSTER}`: that is Envoy's
+    #    command line (a change restarts the proxies), and only a cluster that
+    #    xDS clusters need from the start has to be there; this one is first
+    #    used by a request.
+    #    HTTP/2 and the connect timeout as locally; STRICT_DNS on the headless
+    #    Service {RATELIMIT_SERVICE} (26-ratelimit.yaml), whose name resolves to
+    #    every ready replica, as `tollgate render` makes a cluster for a host name.
+    - type: type.googleapis.com/envoy.config.cluster.v3.Cluster
+      name: {name}
+      operation:
+        op: add
+        path: ""
+        value:
+{block(ratelimit, 10)}""")
     return "\n".join(out) + "\n"
 
 
 def generate() -> dict[Path, str]:
     local, cluster = Local(), Cluster()
     return {
+        HERE / "25-ratelimit-config.yaml": ratelimit_config_map(),
         HERE / "30-httproute.yaml": httproute(local, cluster),
         HERE / "40-backendtrafficpolicy.yaml": traffic_policies(local, cluster),
         HERE / "50-envoyextensionpolicy.yaml": extension_policy(local, cluster),

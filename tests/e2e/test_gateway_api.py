@@ -2,14 +2,14 @@
 
 1. Every YAML document there is valid against the real schema of its kind: the
    vendored CRDs in ../shared/crds (Gateway API v1.6.1, Envoy Gateway v1.9.0)
-   or, for core kinds (Namespace, Service), the Kubernetes OpenAPI schema that
-   the `kubernetes-validate` package ships. Validation is JSON Schema
-   (`jsonschema`) plus what the apiserver adds on top of it, as far as it can be
-   done without a cluster; see gateway-api/README.md for what is and is not
-   checked.
+   or, for built-in kinds (Namespace, Service, ConfigMap, Deployment, ...), the
+   Kubernetes OpenAPI schema that the `kubernetes-validate` package ships.
+   Validation is JSON Schema (`jsonschema`) plus what the apiserver adds on top
+   of it, as far as it can be done without a cluster; see gateway-api/README.md
+   for what is and is not checked.
 2. The validator catches mistakes: mutated manifests fail.
 3. The manifests route as examples/tollgate.yaml (and its rendering,
-   envoy/local.json) does.
+   envoy/local.json) does, and run the rate-limit service the guard calls.
 4. The EnvoyPatchPolicy applies to the xDS that Envoy Gateway generates for
    these manifests (as modelled here from its v1.9.0 source) and the patched
    configuration passes the pinned Envoy's `--mode validate`.
@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -104,6 +105,13 @@ OBJECT_META_REF = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.api
 def kubernetes_schema_dir() -> Path:
     base = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
     return base / f"v{KUBERNETES_VERSION}-local-strict"
+
+
+def kubernetes_schema_path(api_version: str, kind: str) -> Path:
+    """Where kubernetes-validate keeps a built-in kind's schema (it may not exist)."""
+    group, _, version = api_version.rpartition("/")
+    api = f"{group.split('.')[0]}-{version}" if group else version
+    return kubernetes_schema_dir() / f"{kind.lower()}-{api}.json"
 
 
 def kubernetes_registry() -> Registry:
@@ -483,20 +491,22 @@ def validate_document(document: dict, schemas: Schemas, report: Report | None = 
     return report
 
 
-CORE_NAMESPACED = {"Service": True, "Namespace": False, "ConfigMap": True, "Secret": True}
+# The OpenAPI schemas do not say whether a kind is namespaced.
+CORE_NAMESPACED = {"Service": True, "Namespace": False, "ConfigMap": True, "Secret": True, "Deployment": True,
+                   "PersistentVolumeClaim": True}
 
 
 def validate_core_kind(document: dict, schemas: Schemas, report: Report) -> None:
-    """Core Kubernetes kinds against the Kubernetes OpenAPI schema (strict:
+    """Built-in Kubernetes kinds against the Kubernetes OpenAPI schema (strict:
     unknown fields are errors), as packaged by kubernetes-validate."""
-    group, _, version = document["apiVersion"].rpartition("/")
-    api = f"{group.split('.')[0]}-{version}" if group else version
-    path = kubernetes_schema_dir() / f"{document['kind'].lower()}-{api}.json"
+    path = kubernetes_schema_path(document["apiVersion"], document["kind"])
     if not path.exists():
         report.errors.append(f"<root>: no schema for {document['apiVersion']} {document['kind']} "
                              f"(neither a CRD in {CRD_DIR} nor a Kubernetes {KUBERNETES_VERSION} kind)")
         return
     namespaced = CORE_NAMESPACED.get(document["kind"])
+    if namespaced is None:
+        report.errors.append(f"<root>: whether {document['kind']} is namespaced is not known here (CORE_NAMESPACED)")
     namespace = (document.get("metadata") or {}).get("namespace")
     if namespaced is True and not namespace:
         report.errors.append(f"metadata.namespace: {document['kind']} is namespaced; set the namespace explicitly")
@@ -543,7 +553,8 @@ def test_every_manifest_validates_against_its_real_schema(documents, schemas):
         f"{where}:\n  " + "\n  ".join(errors) for where, errors in failures.items())
     kinds = {d.body["kind"] for d in documents}
     assert kinds >= {"Namespace", "GatewayClass", "Gateway", "EnvoyProxy", "Service", "Backend", "HTTPRoute",
-                     "BackendTrafficPolicy", "EnvoyExtensionPolicy", "EnvoyPatchPolicy"}, kinds
+                     "BackendTrafficPolicy", "EnvoyExtensionPolicy", "EnvoyPatchPolicy", "ConfigMap", "Deployment",
+                     "PersistentVolumeClaim"}, kinds
 
 
 def test_every_document_is_a_kubernetes_object_with_a_schema(documents, schemas):
@@ -552,7 +563,8 @@ def test_every_document_is_a_kubernetes_object_with_a_schema(documents, schemas)
     for document in documents:
         body = document.body
         group, _, version = body["apiVersion"].rpartition("/")
-        assert (group, version, body["kind"]) in schemas.crds or group == "", document.where
+        assert (group, version, body["kind"]) in schemas.crds \
+            or kubernetes_schema_path(body["apiVersion"], body["kind"]).exists(), document.where
 
 
 def test_envoy_gateway_enables_the_extension_apis_the_manifests_use(documents):
@@ -663,6 +675,8 @@ MUTATIONS = [
      "'intervalSeconds' was unexpected"),
     ("EnvoyExtensionPolicy", "tollgate-filters", _rename("spec.wasm.0.rootID", "rootId"), "'rootId' was unexpected"),
     ("Service", "vllm-8b", _rename("spec.selector", "selectors"), "'selectors' was unexpected"),
+    ("Deployment", "tollgate-ratelimit", _rename("spec.template.spec.containers.0.readinessProbe", "readinessprobe"),
+     "'readinessprobe' was unexpected"),
     ("Gateway", "tollgate", _set("metadata.labelz", {"a": "b"}), "'labelz' was unexpected"),
     # wrong types and values
     ("HTTPRoute", "tollgate", _set("spec.rules.6.backendRefs.0.weight", "90"), "'90' is not of type 'integer'"),
@@ -678,12 +692,19 @@ MUTATIONS = [
     ("EnvoyPatchPolicy", "tollgate-router", _set("spec.priority", 2**40), "is not a 'int32'"),
     ("Gateway", "tollgate", _set("spec.listeners.0.port", 70000), "70000 is greater than the maximum of 65535"),
     ("Service", "vllm-8b", _set("spec.ports.0.port", "http"), "'http' is not of type 'integer'"),
+    ("Deployment", "tollgate-ratelimit", _set("spec.replicas", "2"), "'2' is not of type 'integer'"),
+    ("ConfigMap", "tollgate-ratelimit-config", _set("data", {"ai-gateway.yaml": {"domain": "ai-gateway"}}),
+     "is not of type 'string'"),
+    ("PersistentVolumeClaim", "tollgate-ratelimit-redis", _set("spec.accessModes", "ReadWriteOnce"),
+     "is not of type 'array'"),
     ("Gateway", "tollgate", _set("metadata.name", "Tollgate"), "is not a DNS-1123 subdomain"),
     # missing required fields
     ("Gateway", "tollgate", _delete("spec.listeners"), "'listeners' is a required property"),
     ("HTTPRoute", "tollgate", _delete("spec.parentRefs.0.name"), "'name' is a required property"),
     ("EnvoyPatchPolicy", "tollgate-router", _delete("spec.jsonPatches.0.name"), "'name' is a required property"),
+    ("Deployment", "tollgate-ratelimit", _delete("spec.selector"), "'selector' is a required property"),
     ("Gateway", "tollgate", _delete("metadata.namespace"), "Gateway is namespaced"),
+    ("Deployment", "tollgate-ratelimit", _delete("metadata.namespace"), "Deployment is namespaced"),
     ("GatewayClass", "tollgate", _set("metadata.namespace", "tollgate"), "GatewayClass is cluster-scoped"),
     # apiVersion not served by the vendored CRDs
     ("Backend", "openai", _set("apiVersion", "gateway.envoyproxy.io/v1alpha2"), "no CRD in"),
@@ -815,7 +836,9 @@ def test_routes_cover_the_gateway_configuration(documents):
     for tier in config.get("tiers") or {}:
         assert (("x-model-tier", tier),) in by_headers, f"no rule for tier {tier}"
     assert by_headers[()] == [(w["backend"], w["weight"]) for w in config["default_route"]]
-    names = {s["metadata"]["name"] for s in find(documents, "Service")} | \
+    # Services in front of pods that these manifests run (the rate-limit
+    # service, its Redis) are Tollgate's own, not backends.
+    names = {s["metadata"]["name"] for s in find(documents, "Service") if not selected_deployments(documents, s)} | \
         {b["metadata"]["name"] for b in find(documents, "Backend")}
     assert names == {b["name"] for b in config["backends"]}
 
@@ -954,6 +977,14 @@ def wasm_filter_name(policy: dict, index: int) -> str:
     return f"envoy.filters.http.wasm/envoyextensionpolicy/{meta['namespace']}/{meta['name']}/wasm/{index}"
 
 
+def adds_resource(patch: dict) -> bool:
+    """An `add` with an empty `path` and no `jsonPath`: Envoy Gateway adds its
+    value as a new resource rather than patching the one named (v1.9.0,
+    internal/xds/translator/jsonpatch.go; it refuses a patch without `path`)."""
+    operation = patch["operation"]
+    return operation["op"] == "add" and operation.get("path") == "" and "jsonPath" not in operation
+
+
 def test_the_patch_policy_matches_the_generated_names_and_the_local_gateway(documents):
     gateway = one(documents, "Gateway")
     route, _ = httproute_rules(documents)
@@ -989,8 +1020,10 @@ def test_the_patch_policy_matches_the_generated_names_and_the_local_gateway(docu
     vhost = local_vhost()
     vhost_ops = {p["operation"]["path"]: p["operation"]["value"] for p in route_ops
                  if p["operation"]["jsonPath"] == "$.virtual_hosts[*]"}
-    assert vhost_ops == {key: vhost[key] for key in ("include_request_attempt_count",
-                                                     "include_attempt_count_in_response") if key in vhost}
+    assert vhost_ops == {key: vhost[key] for key in ("include_request_attempt_count", "include_attempt_count_in_response",
+                                                     "request_headers_to_remove") if key in vhost}
+    assert {"x-ai-model", "x-ai-backend", "x-ai-tier"} <= set(vhost_ops["request_headers_to_remove"]), \
+        "the router's decision headers never reach a provider"
     retry_ops = {p["operation"]["path"]: p["operation"]["value"] for p in route_ops
                  if p["operation"]["jsonPath"] == "$.virtual_hosts[*].routes[*].route.retry_policy"}
     local_retry = vhost["retry_policy"]
@@ -998,7 +1031,8 @@ def test_the_patch_policy_matches_the_generated_names_and_the_local_gateway(docu
     assert retry_ops == {k: v for k, v in local_retry.items() if k not in expressed_by_policy}
 
     # 3. One upstream-filter patch per rule's cluster, in the shape that cluster needs.
-    cluster_ops = [p for p in ops if p["type"].endswith("cluster.v3.Cluster") and "jsonPath" not in p["operation"]]
+    cluster_ops = [p for p in ops if p["type"].endswith("cluster.v3.Cluster") and "jsonPath" not in p["operation"]
+                   and not adds_resource(p)]
     rules = route["spec"]["rules"]
     prefix = f"httproute/{route['metadata']['namespace']}/{route['metadata']['name']}/rule/"
     assert sorted(p["name"] for p in cluster_ops) == sorted(f"{prefix}{i}" for i in range(len(rules)))
@@ -1064,6 +1098,153 @@ def test_the_patch_policy_matches_the_generated_names_and_the_local_gateway(docu
         assert op["value"] == local_metadata[op["value"]["backend"]]
 
 
+# --- 3b. the guard's rate-limit service ---------------------------------------------
+#
+# The guard calls the rate-limit service through the Envoy cluster that its
+# configuration names. Locally `tollgate render` writes that cluster and
+# `tollgate run` starts the service; here the patch policy adds the cluster and
+# 25-/26-*.yaml run the service. The checks follow the cluster's address to the
+# Service, the Deployment it selects, that container's flags and its ConfigMap.
+
+
+def guard_config() -> dict:
+    return json.loads(local_wasm_filters()["tollgate.guard"]["configuration"]["value"])
+
+
+def selected_deployments(documents: list[Document], service: dict) -> list[dict]:
+    selector = service["spec"].get("selector") or {}
+    return [d for d in find(documents, "Deployment")
+            if selector and d["metadata"]["namespace"] == service["metadata"]["namespace"]
+            and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+
+
+def dns_name(service: dict) -> str:
+    return f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+
+
+@dataclass
+class Serving:
+    """What answers at a host:port in the cluster."""
+    service: dict
+    service_port: dict
+    deployment: dict
+    container: dict
+    container_port: dict
+
+
+def serving(documents: list[Document], host: str, port: int) -> Serving:
+    name, namespace, domain = host.split(".", 2)
+    assert domain == "svc.cluster.local", f"{host} is not a Service's cluster DNS name"
+    service = one(documents, "Service", name)
+    assert service["metadata"]["namespace"] == namespace, host
+    service_ports = [p for p in service["spec"]["ports"] if p["port"] == port]
+    assert len(service_ports) == 1, f"Service {name} has no port {port}"
+    deployments = selected_deployments(documents, service)
+    assert len(deployments) == 1, f"Service {name} selects {len(deployments)} Deployments"
+    target = service_ports[0].get("targetPort", port)
+    found = [(c, p) for c in deployments[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports") or []
+             if target in (p["containerPort"], p.get("name"))]
+    assert len(found) == 1, f"Service {name}'s port {port} targets {target}, which no one container port is"
+    return Serving(service, service_ports[0], deployments[0], *found[0])
+
+
+def flags(container: dict) -> dict[str, str]:
+    """A container's `--name=value` arguments."""
+    args = container.get("args") or []
+    assert all(a.startswith("--") and "=" in a for a in args), f"{container['name']}: write flags as --name=value"
+    return dict(a.removeprefix("--").split("=", 1) for a in args)
+
+
+def listen_port(address: str) -> int:
+    host, _, port = address.rpartition(":")
+    assert host not in ("127.0.0.1", "localhost", "[::1]"), f"{address}: other pods cannot reach a loopback address"
+    return int(port)
+
+
+def ratelimit_cluster(documents: list[Document]) -> dict:
+    added = [p for p in one(documents, "EnvoyPatchPolicy")["spec"]["jsonPatches"] if adds_resource(p)]
+    assert [(p["type"], p["name"]) for p in added] == \
+        [("type.googleapis.com/envoy.config.cluster.v3.Cluster", guard_config()["cluster"])]
+    return added[0]["operation"]["value"]
+
+
+def ratelimit_serving(documents: list[Document]) -> Serving:
+    endpoints = [e for locality in ratelimit_cluster(documents)["load_assignment"]["endpoints"]
+                 for e in locality["lb_endpoints"]]
+    assert len(endpoints) == 1
+    address = endpoints[0]["endpoint"]["address"]["socket_address"]
+    return serving(documents, address["address"], address["port_value"])
+
+
+def test_the_guard_cluster_is_added_as_the_local_one(documents):
+    guard = guard_config()
+    extension = one(documents, "EnvoyExtensionPolicy")
+    assert next(w for w in extension["spec"]["wasm"] if w["rootID"] == "tollgate.guard")["config"]["cluster"] \
+        == guard["cluster"]
+    cluster = ratelimit_cluster(documents)
+    local = local_clusters()[guard["cluster"]]
+    assert cluster["name"] == cluster["load_assignment"]["cluster_name"] == guard["cluster"]
+    # gRPC needs HTTP/2; the connect timeout is the local one.
+    assert cluster["typed_extension_protocol_options"] == local["typed_extension_protocol_options"]
+    assert cluster["typed_extension_protocol_options"][EXTENSION_OPTIONS_KEY]["explicit_http_config"] == \
+        {"http2_protocol_options": {}}
+    assert cluster["connect_timeout"] == local["connect_timeout"]
+
+    # A STRICT_DNS cluster on a headless Service's name reaches every ready
+    # pod itself, at the cluster's port: that must be where the service listens.
+    assert cluster["type"] == "STRICT_DNS"
+    ratelimit = ratelimit_serving(documents)
+    port = ratelimit.service_port["port"]  # the cluster's
+    assert ratelimit.service["spec"].get("clusterIP") == "None"
+    assert ratelimit.service_port.get("appProtocol") == "kubernetes.io/h2c"
+    assert ratelimit.container_port["containerPort"] == port
+    assert listen_port(flags(ratelimit.container)["grpc-listen"]) == port
+
+
+def test_the_ratelimit_service_runs_replicated_on_shared_counters(documents):
+    ratelimit = ratelimit_serving(documents)
+    container = ratelimit.container
+    assert ratelimit.deployment["spec"]["replicas"] == 2
+    assert container["image"] == "${TOLLGATE_RATELIMIT_IMAGE}"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    args = flags(container)
+
+    # /healthcheck for both probes, /metrics: the HTTP listener, which the Service exposes too.
+    http_port = listen_port(args["http-listen"])
+    http = serving(documents, dns_name(ratelimit.service), http_port)
+    assert http.container is container and http.container_port["containerPort"] == http_port
+    for probe in ("readinessProbe", "livenessProbe"):
+        check = container[probe]["httpGet"]
+        assert check["path"] == "/healthcheck", probe
+        assert check["port"] in (http_port, http.container_port.get("name")), probe
+
+    # Counters in one Redis, so that both replicas count every request.
+    url = urlsplit(args["redis-url"])
+    assert url.scheme == "redis"
+    redis = serving(documents, url.hostname, url.port)
+    assert redis.deployment["spec"]["replicas"] == 1
+    assert redis.container["image"].startswith("redis:")
+
+
+def test_the_ratelimit_service_reads_the_example_configuration(documents):
+    source = ROOT / yaml.safe_load(TOLLGATE_CONFIG.read_text())["ratelimit"]["config"]
+    ratelimit = ratelimit_serving(documents)
+    directory = flags(ratelimit.container)["config"]
+    mounts = [m for m in ratelimit.container["volumeMounts"] if m["mountPath"] == directory]
+    assert len(mounts) == 1, f"nothing is mounted at --config={directory}"
+    # A whole ConfigMap mounted as a directory changes in place with the
+    # ConfigMap (a subPath mount would not), and the service re-reads it.
+    assert "subPath" not in mounts[0]
+    volume = next(v for v in ratelimit.deployment["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mounts[0]["name"])
+    assert "items" not in volume["configMap"]
+    config_map = one(documents, "ConfigMap", volume["configMap"]["name"])
+    assert config_map["metadata"]["namespace"] == ratelimit.deployment["metadata"]["namespace"]
+    # The service reads every *.yaml file of the directory: the example's, verbatim.
+    assert config_map["data"] == {source.name: source.read_text()}
+    assert yaml.safe_load(source.read_text())["domain"] == guard_config()["domain"]
+
+
 # --- 4. what the patches add is valid Envoy configuration --------------------------
 
 
@@ -1094,9 +1275,10 @@ def pointer_add(document: Any, path: str, value: Any) -> None:
 def test_the_patched_pieces_are_valid_envoy_configuration(documents, tmp_path):
     """Builds, as Envoy Gateway would (v1.9.0 source), the listener filter of
     each wasm entry and a cluster per rule, applies the EnvoyPatchPolicy's
-    values and the EnvoyProxy's bootstrap patch, and has the pinned Envoy
-    validate the result: every field name and type the patches add must parse.
-    (The modules are not fetched in validate mode.)"""
+    values (adding the clusters it adds whole) and the EnvoyProxy's bootstrap
+    patch, and has the pinned Envoy validate the result: every field name and
+    type the patches add must parse. (The modules are not fetched in validate
+    mode.)"""
     extension = one(documents, "EnvoyExtensionPolicy")
     proxy = one(documents, "EnvoyProxy")
     patch = one(documents, "EnvoyPatchPolicy")
@@ -1177,7 +1359,11 @@ def test_the_patched_pieces_are_valid_envoy_configuration(documents, tmp_path):
         clusters[name] = cluster
     for op in ops:
         operation = op["operation"]
-        if op["type"].endswith("cluster.v3.Cluster") and "jsonPath" not in operation:
+        if adds_resource(op):
+            assert op["type"].endswith("cluster.v3.Cluster"), op["type"]
+            assert operation["value"]["name"] not in clusters, f"{op['name']} is already a cluster"
+            clusters[operation["value"]["name"]] = operation["value"]
+        elif op["type"].endswith("cluster.v3.Cluster") and "jsonPath" not in operation:
             pointer_add(clusters[op["name"]], operation["path"], operation["value"])
         elif op["type"].endswith(("cluster.v3.Cluster", "ClusterLoadAssignment")):
             match = re.fullmatch(r"\$(?:\.load_assignment)?\.endpoints\[(\d+)\]\.lb_endpoints\[\*\]", operation["jsonPath"])
