@@ -1,9 +1,11 @@
 """The meter in real Envoy: provider usage and estimates, the stream rewrite for
-clients that did not ask for usage, usage headers, the access log, and the
-stats through a real Prometheus server evaluating the dashboard's queries."""
+clients that did not ask for usage, usage headers, the access log, responses an
+upstream compresses anyway, and the stats through a real Prometheus server
+evaluating the dashboard's queries."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -11,13 +13,15 @@ import socket
 import subprocess
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
-from harness import DEFAULT_CONFIG, ROOT, prometheus_samples, start_gateway
+from harness import DEFAULT_CONFIG, ROOT, prometheus_samples, start_gateway, variant_config
 
 RULES = ROOT / "examples/prometheus/tollgate-rules.yml"
 DASHBOARD = ROOT / "examples/grafana/tollgate.json"
@@ -249,6 +253,117 @@ def test_errors_are_counted_without_tokens(gateway):
     after = samples()
     assert after[key] == before.get(key, 0) + 1
     assert after[tokens] == before[tokens]
+
+
+# ---- an upstream that compresses anyway -----------------------------------------
+
+# Backends whose mocks compress every response whatever the request accepts
+# (mock-llm --force-encoding), as a misbehaving upstream does.
+FORCED = {"vllm-8b": "gzip", "anthropic": "deflate", "openai": "br"}
+
+
+@pytest.fixture(scope="module")
+def compressing_gateway(tmp_path_factory):
+    def change(config):
+        for backend in config["backends"]:
+            if backend["name"] in FORCED:
+                backend["mock_args"] = ["--force-encoding", FORCED[backend["name"]]]
+    config = variant_config(tmp_path_factory.mktemp("compressing-config"), change)
+    gw = start_gateway(tmp_path_factory.mktemp("compressing"), config=config)
+    yield gw
+    gw.stop()
+
+
+def stats_total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of a metric's series that carry these labels."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in samples.items()
+               if k.split("{")[0] == name and all(w in k for w in wanted))
+
+
+def test_compressed_responses_reach_the_client_as_sent_and_are_metered_as_reported(compressing_gateway):
+    gw = compressing_gateway
+    gw.reset_mocks()
+    team = {"x-tollgate-team": "search"}
+    # Paced streams: the mock compresses and flushes event by event.
+    paced = {**team, "x-mock-token-delay-ms": "2"}
+    chat_url = f"{gw.url}/v1/chat/completions"
+    requests = {"llama-8b": 0, "claude-sonnet-4": 0, "gpt-4-turbo": 0}
+
+    # gzip, non-streamed: the client's bytes are the upstream's gzip; the
+    # usage headers are there as for an uncompressed body.
+    r, raw = stream(chat_url, chat("llama-8b"), {**team, "accept-encoding": "gzip"})
+    requests["llama-8b"] += 1
+    assert r.status_code == 200
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.headers["content-length"] == str(len(raw))
+    body = json.loads(gzip.decompress(raw))
+    assert r.headers["x-tollgate-usage"] == "reported"
+    assert r.headers["x-tollgate-input-tokens"] == str(body["usage"]["prompt_tokens"])
+    assert r.headers["x-tollgate-output-tokens"] == str(body["usage"]["completion_tokens"])
+    assert gw.mock_requests("vllm-8b")[-1]["headers"]["accept-encoding"] == "identity", \
+        "asked for identity, got gzip"
+
+    # gzip streams: one whose client asked for usage, and one the meter asked
+    # for, which it cannot rewrite compressed: that client gets the usage chunk.
+    for payload in [chat("llama-8b", stream=True, stream_options={"include_usage": True}),
+                    chat("llama-8b", stream=True)]:
+        r, raw = stream(chat_url, payload, paced)
+        requests["llama-8b"] += 1
+        assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+        events = sse_data(gzip.decompress(raw))
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["usage"]["completion_tokens"] > 0
+
+    # The OpenAI SDK (its httpx client decodes gzip).
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="sk-test", max_retries=0, default_headers=team)
+    reply = client.chat.completions.create(model="llama-8b", messages=[{"role": "user", "content": PROMPT}])
+    requests["llama-8b"] += 1
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    pieces = []
+    for chunk in client.chat.completions.create(model="llama-8b", messages=[{"role": "user", "content": PROMPT}],
+                                                 stream=True, extra_headers={"x-mock-token-delay-ms": "2"}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    requests["llama-8b"] += 1
+    assert len(pieces) >= 3
+
+    # deflate (zlib), Anthropic: a message and a stream.
+    for payload, headers in [(messages(), team), (messages(stream=True), paced)]:
+        r, raw = stream(f"{gw.url}/v1/messages", payload, headers)
+        requests["claude-sonnet-4"] += 1
+        assert r.status_code == 200 and r.headers["content-encoding"] == "deflate"
+        text = zlib.decompress(raw).decode()
+        assert '"usage"' in text
+        if payload.get("stream"):
+            assert sse_data(text.encode())[-1] == '{"type":"message_stop"}'
+        else:
+            assert r.headers["x-tollgate-usage"] == "reported"
+
+    # br: passed on as it came (the client's own decoder reads it).
+    for payload, headers in [(chat("gpt-4-turbo"), team), (chat("gpt-4-turbo", stream=True), paced)]:
+        r, raw = stream(chat_url, payload, headers)
+        requests["gpt-4-turbo"] += 1
+        assert r.status_code == 200 and r.headers["content-encoding"] == "br"
+        assert raw and not raw.startswith((b"{", b"data:"))
+
+    # The stats count the mocks' reported usage, none of it estimated.
+    served = mock_usage(gw)
+
+    def counted():
+        samples = prometheus_samples(httpx.get(f"{gw.admin_url}/stats/prometheus", timeout=5).text)
+        return {model: (stats_total(samples, "ai_gateway_tokens_total", model=model, team="search", direction="input"),
+                        stats_total(samples, "ai_gateway_tokens_total", model=model, team="search", direction="output"),
+                        stats_total(samples, "ai_gateway_usage_source_total", model=model, source="reported"),
+                        stats_total(samples, "ai_gateway_usage_source_total", model=model, source="estimated"))
+                for model in requests}
+
+    expected = {model: (served[model]["prompt"], served[model]["completion"], n, 0) for model, n in requests.items()}
+    assert all(served[m]["requests"] == n for m, n in requests.items()), served
+    deadline = time.monotonic() + 10
+    while (got := counted()) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)  # a request is counted in Envoy's log phase, after its last byte
+    assert got == expected
 
 
 # ---- a real Prometheus ---------------------------------------------------------

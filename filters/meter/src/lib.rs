@@ -9,18 +9,22 @@
 //! - Response: takes the provider's `usage` from the JSON body or the
 //!   stream's events; when it is missing (no usage, a cut stream, an
 //!   unreadable body) counts with tiktoken and marks the count estimated.
-//!   Streams the meter asked usage for are rewritten so the client receives
-//!   exactly what it asked for. Non-streamed responses get usage and cost
-//!   headers.
+//!   A body compressed despite the identity request (gzip, deflate, br) is
+//!   decoded on the side ([`decode`]), only to read it: its bytes reach the
+//!   client as the upstream sent them. Uncompressed streams the meter asked
+//!   usage for are rewritten so the client receives exactly what it asked
+//!   for. Non-streamed responses get usage and cost headers.
 //! - Log: records the Envoy stats ([`metrics`]) and leaves the access-log
 //!   fields as properties ([`LOG_FIELDS`]).
 
 pub mod config;
+pub mod decode;
 pub mod metrics;
 pub mod rewrite;
 pub mod tokenizer;
 
 use config::{sanitize, Compiled, MeterConfig};
+use decode::{Coding, Decoder, Take};
 use metrics::{Cache, Direction, Key, Metrics, Source};
 use rewrite::{strip_null_usage, Framer};
 use sha2::{Digest, Sha256};
@@ -129,12 +133,67 @@ enum Body {
     /// No response headers yet.
     Pending,
     /// A stream of server-sent events; `framer` when it is being rewritten.
-    Stream { parser: Parser, usage: StreamUsage, framer: Option<Framer> },
+    /// `unframed`: decoded bytes given to the parser since it last completed
+    /// an event (what it may be holding), bounded for compressed streams.
+    Stream { parser: Parser, usage: StreamUsage, framer: Option<Framer>, unframed: usize },
     /// A body read whole: `held` when the headers wait for it (usage
-    /// headers), else copied chunk by chunk up to the parse limit.
+    /// headers), else copied chunk by chunk up to the parse limit. For a
+    /// compressed body, `total` counts decoded bytes.
     Whole { held: bool, kept: Vec<u8>, total: u64, tail: Vec<u8>, overflow: bool },
-    /// A body the meter cannot read (compressed): only its size is known.
+    /// A body the meter cannot read (an unknown or stacked content coding,
+    /// or compressed with nothing to count): only its size is known.
     Opaque { total: u64 },
+}
+
+impl Body {
+    fn whole(held: bool) -> Self {
+        Body::Whole { held, kept: Vec::new(), total: 0, tail: Vec::new(), overflow: false }
+    }
+
+    /// Takes a piece of a compressed body's decoded bytes; `Stop` when
+    /// reading on would hold more than `max_parsed` bytes.
+    fn take_decoded(&mut self, piece: &[u8], max_parsed: usize, now: SystemTime, first_token: &mut Option<SystemTime>) -> Take {
+        match self {
+            Body::Whole { kept, total, tail, overflow, .. } => {
+                keep_bounded(kept, total, tail, overflow, piece, max_parsed);
+                Take::More
+            }
+            Body::Stream { parser, usage, unframed, .. } => {
+                let events = parser.push(piece);
+                // What the parser holds arrived after its last event.
+                *unframed = if events.is_empty() { unframed.saturating_add(piece.len()) } else { piece.len() };
+                for event in &events {
+                    if usage.event(event).content && first_token.is_none() {
+                        *first_token = Some(now);
+                    }
+                }
+                if *unframed > max_parsed {
+                    Take::Stop
+                } else {
+                    Take::More
+                }
+            }
+            Body::Pending | Body::Opaque { .. } => Take::More,
+        }
+    }
+}
+
+/// Appends a chunk of a body read whole: kept up to `max_parsed` bytes, past
+/// that only its last [`TAIL_BYTES`] (for its `usage`) and its size.
+fn keep_bounded(kept: &mut Vec<u8>, total: &mut u64, tail: &mut Vec<u8>, overflow: &mut bool, chunk: &[u8], max_parsed: usize) {
+    *total += chunk.len() as u64;
+    if !*overflow && kept.len() + chunk.len() <= max_parsed {
+        kept.extend_from_slice(chunk);
+    } else {
+        *overflow = true;
+        kept.clear();
+        kept.shrink_to_fit();
+    }
+    tail.extend_from_slice(chunk);
+    if tail.len() > TAIL_BYTES {
+        let cut = tail.len() - TAIL_BYTES;
+        tail.drain(..cut);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +226,9 @@ pub struct MeterFilter {
     status: Option<u32>,
     backend: Option<String>,
     body: Body,
+    /// Decodes a compressed response body for reading, never for the client.
+    decoder: Option<Decoder>,
+    coding: Option<Coding>,
     first_byte: Option<SystemTime>,
     first_token: Option<SystemTime>,
     end: Option<SystemTime>,
@@ -298,6 +360,8 @@ impl MeterFilter {
             status: None,
             backend: None,
             body: Body::Pending,
+            decoder: None,
+            coding: None,
             first_byte: None,
             first_token: None,
             end: None,
@@ -375,20 +439,36 @@ impl MeterFilter {
             .map_or(Cache::None, |v| Cache::parse(&v));
         self.find_backend(host);
         if end_of_stream {
-            self.body = Body::Whole { held: false, kept: Vec::new(), total: 0, tail: Vec::new(), overflow: false };
+            self.body = Body::whole(false);
             self.end = Some(host.now());
             self.finish(host);
             return Flow::Continue;
         }
         let content_type = headers.get("content-type").unwrap_or_default().to_ascii_lowercase();
-        let encoding = headers.get("content-encoding").unwrap_or_default().to_ascii_lowercase();
-        let encoded = !encoding.is_empty() && encoding != "identity";
-        if encoded {
-            self.body = Body::Opaque { total: 0 };
-            return Flow::Continue;
+        // The meter asked for identity; an upstream that compresses anyway
+        // is decoded on the side (gzip, deflate, br), its bytes untouched.
+        let counted = self.successful() && self.api != Api::Other && self.cache != Cache::Hit;
+        self.coding = match Coding::from_header(headers.get("content-encoding").unwrap_or_default()) {
+            Ok(coding) => coding,
+            Err(decode::Unsupported) => {
+                self.body = Body::Opaque { total: 0 };
+                return Flow::Continue;
+            }
+        };
+        if let Some(coding) = self.coding {
+            if !counted {
+                self.body = Body::Opaque { total: 0 };
+                return Flow::Continue;
+            }
+            self.decoder = Some(Decoder::new(coding, self.config().max_parsed_body_bytes));
         }
         if content_type.starts_with("text/event-stream") {
-            let rewrite = self.strip_usage && self.successful();
+            // Compressed bytes cannot be rewritten: a client whose stream the
+            // meter asked usage for then receives the usage chunk too.
+            let rewrite = self.strip_usage && self.successful() && self.coding.is_none();
+            if self.strip_usage && !rewrite {
+                log::debug!("meter: a compressed stream passes as it came, with the usage chunk the meter asked for");
+            }
             if rewrite {
                 // The body changes length: let Envoy frame it.
                 if let Err(e) = host.set_header(HeaderMap::Response, "content-length", None) {
@@ -399,6 +479,7 @@ impl MeterFilter {
                 parser: Parser::new(),
                 usage: StreamUsage::new(self.api, TEXT_CAP),
                 framer: rewrite.then(Framer::new),
+                unframed: 0,
             };
             return Flow::Continue;
         }
@@ -407,7 +488,7 @@ impl MeterFilter {
             && self.successful()
             && self.api != Api::Other
             && length.is_some_and(|l| l <= self.config().max_held_response_bytes);
-        self.body = Body::Whole { held, kept: Vec::new(), total: 0, tail: Vec::new(), overflow: false };
+        self.body = Body::whole(held);
         if held {
             Flow::Pause
         } else {
@@ -434,6 +515,9 @@ impl MeterFilter {
             self.first_byte = Some(now);
         }
         let max_parsed = self.config().max_parsed_body_bytes;
+        if self.decoder.is_some() {
+            return self.compressed_chunk(host, size, end_of_stream, now);
+        }
         match &mut self.body {
             Body::Pending => {}
             Body::Opaque { total } => *total += size as u64,
@@ -445,21 +529,10 @@ impl MeterFilter {
                     *total = chunk.len() as u64;
                     *kept = chunk;
                 } else {
-                    *total += chunk.len() as u64;
-                    if !*overflow && kept.len() + chunk.len() <= max_parsed {
-                        kept.extend_from_slice(&chunk);
-                    } else {
-                        *overflow = true;
-                        kept.clear();
-                    }
-                    tail.extend_from_slice(&chunk);
-                    if tail.len() > TAIL_BYTES {
-                        let cut = tail.len() - TAIL_BYTES;
-                        tail.drain(..cut);
-                    }
+                    keep_bounded(kept, total, tail, overflow, &chunk, max_parsed);
                 }
             }
-            Body::Stream { parser, usage, framer } => {
+            Body::Stream { parser, usage, framer, .. } => {
                 let chunk = match host.body(BodyBuffer::Response, 0, size) {
                     Ok(chunk) => chunk.unwrap_or_default(),
                     Err(e) => {
@@ -520,6 +593,43 @@ impl MeterFilter {
         Flow::Continue
     }
 
+    /// A chunk of a compressed body: decoded into the body's reader, never
+    /// changed (the client receives the upstream's bytes).
+    fn compressed_chunk(&mut self, host: &dyn Host, size: usize, end_of_stream: bool, now: SystemTime) -> Flow {
+        if matches!(self.body, Body::Whole { held: true, .. }) && !end_of_stream {
+            return Flow::Pause;
+        }
+        let chunk = match host.body(BodyBuffer::Response, 0, size) {
+            Ok(chunk) => chunk.unwrap_or_default(),
+            Err(e) => {
+                log::warn!("meter: {e}");
+                Vec::new()
+            }
+        };
+        let max_parsed = self.config().max_parsed_body_bytes;
+        let mut first_token = None;
+        if let Some(decoder) = &mut self.decoder {
+            let failed = decoder.failure().is_some();
+            let body = &mut self.body;
+            decoder.push(&chunk, &mut |piece| body.take_decoded(piece, max_parsed, now, &mut first_token));
+            if end_of_stream {
+                decoder.finish();
+            }
+            if let (false, Some(failure)) = (failed, decoder.failure()) {
+                let coding = self.coding.map_or("", Coding::label);
+                log::warn!("meter: {coding} response body {}: its usage is estimated", failure.label());
+            }
+        }
+        if self.first_token.is_none() {
+            self.first_token = first_token;
+        }
+        if end_of_stream {
+            self.end = Some(now);
+            self.finish(host);
+        }
+        Flow::Continue
+    }
+
     /// The team: a property another filter set, else the team header (read
     /// now, as a filter after the meter sets it), else as the request came.
     fn team(&self, host: &dyn Host) -> usize {
@@ -539,6 +649,9 @@ impl MeterFilter {
     /// Tokens of the finished (or ended) response and where they came from.
     fn usage(&self) -> (Usage, Source) {
         let prompt = self.prompt_estimate.unwrap_or(0);
+        // A compressed body that could not be decoded to its end: what was
+        // read may be partial or wrong, so it is never reported as such.
+        let undecoded = self.decoder.as_ref().and_then(Decoder::failure).is_some();
         match &self.body {
             Body::Stream { usage, .. } => {
                 let reported = usage.usage();
@@ -548,7 +661,7 @@ impl MeterFilter {
                     _ => reported.is_some(),
                 };
                 match reported {
-                    Some(reported) if complete => (reported, Source::Reported),
+                    Some(reported) if complete && !undecoded => (reported, Source::Reported),
                     _ => {
                         let reported = reported.unwrap_or_default();
                         let input = if reported.input > 0 { reported.input } else { prompt };
@@ -556,6 +669,10 @@ impl MeterFilter {
                         (Usage { input, output, cached_input: reported.cached_input }, Source::Estimated)
                     }
                 }
+            }
+            Body::Whole { kept, total, overflow, .. } if undecoded => {
+                let output = if *overflow { total.div_ceil(4) } else { self.estimate_output(&parse_body(kept, TEXT_CAP).text) };
+                (Usage { input: prompt, output, cached_input: 0 }, Source::Estimated)
             }
             Body::Whole { kept, total, tail, overflow, .. } => {
                 if *overflow {

@@ -602,3 +602,283 @@ fn the_routers_filter_state_wins_and_learns_the_new_body_length() {
     respond(&host, &mut filter, SSE, &[UPSTREAM_STREAM]);
     assert_eq!(counter(&host, "ai_gateway_requests_total.model.llama-70b.team.other.tier.quality.backend.vllm-70b.status.200.cache.none"), 1);
 }
+
+// ---- compressed responses: decoded to read usage, passed on untouched -------
+
+mod compressed {
+    use std::io::Write as _;
+
+    pub fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A gzip stream as a streaming upstream writes it: flushed after every
+    /// event, so each event can be decoded as soon as it arrives.
+    pub fn gzip_events(stream: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for event in stream.split_inclusive(|&b| b == b'\n') {
+            e.write_all(event).unwrap();
+            if event == b"\n" {
+                e.flush().unwrap();
+            }
+        }
+        e.finish().unwrap()
+    }
+
+    pub fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    pub fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    pub fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut w = ::brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(data).unwrap();
+        }
+        out
+    }
+
+    pub const JSON: &[u8] = br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello."},"finish_reason":"stop"}],"usage":{"prompt_tokens":1000,"completion_tokens":200,"total_tokens":1200,"prompt_tokens_details":{"cached_tokens":400}}}"#;
+
+    pub fn json_headers<'a>(encoding: &'a str, length: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![(":status", "200"), ("content-type", "application/json"), ("content-encoding", encoding), ("content-length", length)]
+    }
+}
+
+#[test]
+fn compressed_json_is_decoded_for_its_usage_and_passed_on_untouched() {
+    use compressed::*;
+    let encodings: &[(&str, Vec<u8>)] = &[
+        ("gzip", gzip(JSON)),
+        ("x-gzip", gzip(JSON)),
+        ("deflate", zlib(JSON)),
+        ("deflate", raw_deflate(JSON)),
+        ("br", brotli(JSON)),
+        ("identity, GZIP", gzip(JSON)),
+    ];
+    for (encoding, body) in encodings {
+        let (host, factory) = setup(CONFIG);
+        let mut filter = factory.new_filter();
+        request(&host, &mut filter, "/v1/chat/completions", &[("x-tollgate-team", "search")], CHAT);
+        let length = body.len().to_string();
+        let (a, b) = body.split_at(body.len() / 3);
+        let client = respond(&host, &mut filter, &json_headers(encoding, &length), &[a, b]);
+        assert_eq!(&client, body, "{encoding}: the client receives the upstream's compressed bytes");
+        assert_eq!(host.response_header("content-encoding").as_deref(), Some(*encoding));
+        assert_eq!(host.response_header("content-length"), Some(length));
+        assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.search.direction.input"), 1000, "{encoding}");
+        assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.search.direction.output"), 200, "{encoding}");
+        assert_eq!(counter(&host, "ai_gateway_cached_input_tokens_total.model.llama-70b.team.search"), 400);
+        assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.llama-70b.source.reported"), 1, "{encoding}");
+        // Held like an uncompressed body: the usage headers are there too.
+        assert_eq!(host.response_header(OUTPUT_TOKENS_HEADER).as_deref(), Some("200"), "{encoding}");
+        assert_eq!(host.response_header(USAGE_SOURCE_HEADER).as_deref(), Some("reported"));
+    }
+}
+
+#[test]
+fn a_large_compressed_body_streams_through_with_usage_from_its_decoded_tail() {
+    use compressed::*;
+    let (host, factory) = setup(r#"{"models": {"llama-70b": {"input": 1, "output": 1}}, "max_held_response_bytes": 1000, "max_parsed_body_bytes": 5000}"#);
+    let mut filter = factory.new_filter();
+    request(&host, &mut filter, "/v1/chat/completions", &[], CHAT);
+    let text = (0..4000).map(|i| format!("w{i} ")).collect::<String>();
+    let body = format!(r#"{{"choices":[{{"message":{{"content":"{text}"}}}}],"usage":{{"prompt_tokens":9,"completion_tokens":4000}}}}"#);
+    let compressed = gzip(body.as_bytes());
+    assert!(compressed.len() > 1000 && body.len() > 5000);
+    let chunks: Vec<&[u8]> = compressed.chunks(512).collect();
+    let client = respond(&host, &mut filter, &[(":status", "200"), ("content-type", "application/json"), ("content-encoding", "gzip")], &chunks);
+    assert_eq!(client, compressed);
+    assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.other.direction.output"), 4000);
+    assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.llama-70b.source.reported"), 1);
+    let Body::Whole { kept, overflow, total, .. } = &filter.body else { panic!("read whole") };
+    assert!(*overflow && kept.is_empty(), "past the parse limit only the tail is kept");
+    assert_eq!(*total, body.len() as u64, "decoded bytes");
+}
+
+#[test]
+fn a_gzip_stream_is_decoded_at_any_split_and_passed_on_untouched() {
+    use compressed::*;
+    // The client asked for usage: the upstream's stream, compressed.
+    let with_usage = br#"{"model":"llama-70b","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let compressed = gzip_events(UPSTREAM_STREAM);
+    assert_ne!(compressed.len(), UPSTREAM_STREAM.len());
+    let mut splits: Vec<Vec<&[u8]>> = (0..=compressed.len()).map(|i| {
+        let (a, b) = compressed.split_at(i);
+        vec![a, b]
+    }).collect();
+    // Inside the gzip header, then event by event.
+    splits.push(vec![&compressed[..3], &compressed[3..9], &compressed[9..12], &compressed[12..]]);
+    splits.push(compressed.chunks(1).collect());
+    splits.push(compressed.chunks(5).collect());
+    for chunks in splits {
+        let (host, factory) = setup(CONFIG);
+        let mut filter = factory.new_filter();
+        request(&host, &mut filter, "/v1/chat/completions", &[], with_usage);
+        let headers = [(":status", "200"), ("content-type", "text/event-stream"), ("content-encoding", "gzip"), ("content-length", "999")];
+        let client = respond(&host, &mut filter, &headers, &chunks);
+        assert_eq!(client, compressed, "{} chunks", chunks.len());
+        assert_eq!(host.response_header("content-length").as_deref(), Some("999"), "not re-framed");
+        assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.other.direction.input"), 15, "{} chunks", chunks.len());
+        assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.other.direction.output"), 3);
+        assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.llama-70b.source.reported"), 1, "{} chunks", chunks.len());
+        assert_eq!(host.metric("ai_gateway_time_per_output_token_microseconds.model.llama-70b").unwrap().samples.len(), 1, "first token seen");
+    }
+}
+
+#[test]
+fn a_compressed_stream_the_meter_asked_usage_for_is_not_rewritten() {
+    use compressed::*;
+    // The client did not ask for usage; the meter did, and the upstream
+    // ignored the identity request: compressed bytes cannot be rewritten, so
+    // the client receives the usage chunk (see the README's Meter section).
+    let (host, factory) = setup(CONFIG);
+    let mut filter = factory.new_filter();
+    request(&host, &mut filter, "/v1/chat/completions", &[], STREAM_CHAT);
+    assert!(filter.strip_usage);
+    let compressed = gzip_events(UPSTREAM_STREAM);
+    let headers = [(":status", "200"), ("content-type", "text/event-stream"), ("content-encoding", "gzip")];
+    let client = respond(&host, &mut filter, &headers, &[&compressed[..40], &compressed[40..]]);
+    assert_eq!(client, compressed);
+    assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.other.direction.output"), 3);
+    assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.llama-70b.source.reported"), 1);
+}
+
+#[test]
+fn a_compressed_anthropic_stream_is_metered() {
+    use compressed::*;
+    let (host, factory) = setup(CONFIG);
+    let mut filter = factory.new_filter();
+    let body = br#"{"model":"claude-sonnet-4","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    request(&host, &mut filter, "/v1/messages", &[], body);
+    let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n\
+event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let compressed = brotli(stream);
+    let headers = [(":status", "200"), ("content-type", "text/event-stream"), ("content-encoding", "br")];
+    let chunks: Vec<&[u8]> = compressed.chunks(9).collect();
+    let client = respond(&host, &mut filter, &headers, &chunks);
+    assert_eq!(client, compressed);
+    assert_eq!(counter(&host, "ai_gateway_tokens_total.model.claude-sonnet-4.team.other.direction.input"), 20);
+    assert_eq!(counter(&host, "ai_gateway_tokens_total.model.claude-sonnet-4.team.other.direction.output"), 7);
+    assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.claude-sonnet-4.source.reported"), 1);
+}
+
+#[test]
+fn corrupt_or_truncated_compressed_bodies_are_estimated_and_passed_on_untouched() {
+    use compressed::*;
+    let json = gzip(JSON);
+    let mut bad_crc = json.clone();
+    let at = bad_crc.len() - 8;
+    bad_crc[at] ^= 1;
+    let mut flipped = json.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    let stream = gzip_events(UPSTREAM_STREAM);
+    let mut stream_bad_crc = stream.clone();
+    let at = stream_bad_crc.len() - 7;
+    stream_bad_crc[at] ^= 1;
+    type Case<'a> = (&'a str, &'a str, &'a [u8]);
+    let cases: &[Case] = &[
+        ("application/json", "gzip", &bad_crc),
+        ("application/json", "gzip", &flipped),
+        ("application/json", "gzip", &json[..json.len() - 4]),
+        ("application/json", "gzip", b"\x1f\x8b\x08\x00\0\0\0\0\0\x03\xff\xff"),
+        ("application/json", "deflate", b"\xff\xff\xff\xff\xff\xff"),
+        ("application/json", "br", b"\x1c\x00\x00"),
+        ("application/json", "gzip", JSON),
+        ("text/event-stream", "gzip", &stream_bad_crc),
+        ("text/event-stream", "gzip", &stream[..stream.len() - 12]),
+        ("text/event-stream", "deflate", UPSTREAM_STREAM),
+    ];
+    for (content_type, encoding, body) in cases {
+        let (host, factory) = setup(CONFIG);
+        let mut filter = factory.new_filter();
+        request(&host, &mut filter, "/v1/chat/completions", &[], STREAM_CHAT);
+        let headers = [(":status", "200"), ("content-type", *content_type), ("content-encoding", *encoding)];
+        let (a, b) = body.split_at(body.len() / 2);
+        let client = respond(&host, &mut filter, &headers, &[a, b]);
+        let what = format!("{content_type} {encoding} {} bytes", body.len());
+        assert_eq!(&client, body, "{what}");
+        assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.llama-70b.source.estimated"), 1, "{what}");
+        assert!(host.metric("ai_gateway_usage_source_total.model.llama-70b.source.reported").is_none(), "{what}");
+        // The prompt's estimate, or for a stream the input its usage chunk
+        // reported before the corruption showed (kept, as for a cut stream).
+        let input = counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.other.direction.input");
+        let prompt = chat_prompt_tokens("Say hello to the gateway") as i64;
+        assert!(input == prompt || (*content_type == "text/event-stream" && input == 15), "{what}: {input}");
+        assert!(filter.decoder.as_ref().unwrap().failure().is_some(), "{what}");
+        assert_eq!(log_field(&host, "usage_source").as_deref(), Some("estimated"));
+    }
+}
+
+#[test]
+fn a_decompression_bomb_stays_within_the_parse_limit() {
+    use std::io::Write as _;
+    // 100 MB of zeros in about 100 KB.
+    let limit = 64 * 1024;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..100 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 200 * 1024, "{}", bomb.len());
+    let config = format!(r#"{{"models": {{"llama-70b": {{"input": 1, "output": 1}}}}, "max_parsed_body_bytes": {limit}}}"#);
+    for content_type in ["application/json", "text/event-stream"] {
+        let (host, factory) = setup(&config);
+        let mut filter = factory.new_filter();
+        request(&host, &mut filter, "/v1/chat/completions", &[], CHAT);
+        let headers = [(":status", "200"), ("content-type", content_type), ("content-encoding", "gzip")];
+        let chunks: Vec<&[u8]> = bomb.chunks(16 * 1024).collect();
+        let client = respond(&host, &mut filter, &headers, &chunks);
+        assert_eq!(client, bomb, "the bomb reaches the client as it came");
+        let decoder = filter.decoder.as_ref().unwrap();
+        assert_eq!(decoder.failure(), Some(decode::Failure::TooLarge), "{content_type}");
+        // Decoding stopped once past the limit and 100 times the input.
+        let bound = (limit as u64).max(decode::MAX_INFLATE_RATIO * bomb.len() as u64) + decode::PIECE_BYTES as u64;
+        assert!(decoder.output() <= bound, "{content_type}: {} decoded", decoder.output());
+        match &filter.body {
+            Body::Whole { kept, tail, overflow, .. } => {
+                assert!(*overflow && kept.capacity() <= limit && tail.len() <= TAIL_BYTES);
+            }
+            // Zeros never end an SSE line: the parser holds at most the limit.
+            Body::Stream { parser, unframed, .. } => {
+                assert!(parser.pending_bytes() <= limit + decode::PIECE_BYTES, "{}", parser.pending_bytes());
+                assert!(*unframed > limit);
+                assert!(decoder.output() <= (limit + decode::PIECE_BYTES) as u64, "the stream stops at the limit");
+            }
+            _ => panic!("read"),
+        }
+        assert_eq!(counter(&host, "ai_gateway_usage_source_total.model.llama-70b.source.estimated"), 1, "{content_type}");
+    }
+}
+
+#[test]
+fn unknown_stacked_or_uncounted_encodings_stay_opaque() {
+    use compressed::*;
+    let body = gzip(JSON);
+    for (status, encoding, source) in [("200", "zstd", "estimated"), ("200", "gzip, gzip", "estimated"), ("500", "gzip", "none")] {
+        let (host, factory) = setup(CONFIG);
+        let mut filter = factory.new_filter();
+        request(&host, &mut filter, "/v1/chat/completions", &[], CHAT);
+        let headers = [(":status", status), ("content-type", "application/json"), ("content-encoding", encoding)];
+        let client = respond(&host, &mut filter, &headers, &[&body]);
+        assert_eq!(client, body);
+        assert!(filter.decoder.is_none(), "{encoding}");
+        assert!(matches!(filter.body, Body::Opaque { .. }));
+        assert_eq!(counter(&host, &format!("ai_gateway_usage_source_total.model.llama-70b.source.{source}")), 1, "{encoding}");
+        assert_eq!(counter(&host, "ai_gateway_tokens_total.model.llama-70b.team.other.direction.output"), 0, "{encoding}");
+    }
+}

@@ -56,6 +56,20 @@ pub struct Config {
     /// Abort streams after this many content events (no final chunk, no [DONE]).
     #[arg(long)]
     pub cut_stream_after: Option<usize>,
+
+    /// Compress every `/v1/*` response with this coding, whatever the request's
+    /// `accept-encoding` says, as a misbehaving upstream would.
+    #[arg(long, value_enum)]
+    pub force_encoding: Option<ForceEncoding>,
+}
+
+/// The codings `--force-encoding` can compress with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForceEncoding {
+    Gzip,
+    /// zlib-wrapped deflate (RFC 1950), as HTTP's `deflate` means.
+    Deflate,
+    Br,
 }
 
 /// The tiktoken encodings the mock can count with.

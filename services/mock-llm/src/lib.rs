@@ -1,9 +1,11 @@
 //! mock-llm: a deterministic OpenAI/Anthropic-compatible upstream for Tollgate's tests,
 //! examples and benchmarks. Replies are derived from the request and the backend name,
 //! usage is counted with tiktoken, and faults (errors, latency, slow or cut streams) can
-//! be injected from the command line or per request with `x-mock-*` headers.
+//! be injected from the command line or per request with `x-mock-*` headers;
+//! `--force-encoding` compresses responses regardless of `accept-encoding`.
 
 mod anthropic;
+mod compress;
 mod config;
 mod embeddings;
 mod exchange;
@@ -21,13 +23,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::map_response_with_state;
+use axum::middleware::{from_fn_with_state, map_response_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 
-pub use config::{Config, Encoding};
+pub use config::{Config, Encoding, ForceEncoding};
 
 use faults::{error_response, FailCounters, Provider};
 use generate::Writer;
@@ -88,6 +90,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(map_response_with_state(state.clone(), tag_backend))
+        .layer(from_fn_with_state(state.clone(), compress::force_encoding))
         .with_state(state)
 }
 

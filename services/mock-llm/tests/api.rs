@@ -898,3 +898,108 @@ fn app_state_rejects_names_that_cannot_be_headers() {
     assert!(AppState::new(config).is_err());
     let _: Arc<AppState> = AppState::new(Config::parse_from(["mock-llm"])).unwrap();
 }
+
+fn decompress(encoding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    match encoding {
+        "gzip" => flate2::read::GzDecoder::new(body).read_to_end(&mut out),
+        "deflate" => flate2::read::ZlibDecoder::new(body).read_to_end(&mut out),
+        "br" => brotli::Decompressor::new(body, 4096).read_to_end(&mut out),
+        other => panic!("unexpected encoding {other}"),
+    }
+    .unwrap_or_else(|e| panic!("{encoding}: {e}"));
+    out
+}
+
+#[tokio::test]
+async fn force_encoding_compresses_whatever_the_client_accepts() {
+    for encoding in ["gzip", "deflate", "br"] {
+        let app = mock(&["--force-encoding", encoding]);
+        let accept = [("accept-encoding", "identity")];
+        let reply = post(&app, "/v1/chat/completions", &accept, chat_body("hi")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("content-encoding"), Some(encoding));
+        assert_eq!(
+            reply.header("content-length"),
+            Some(reply.body.len().to_string().as_str()),
+            "a whole body keeps its length"
+        );
+        let json: Value = serde_json::from_slice(&decompress(encoding, &reply.body)).unwrap();
+        assert_eq!(json["object"], "chat.completion");
+        assert!(json["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+        // Errors are compressed too; the mock's own endpoints are not.
+        let reply = post(
+            &app,
+            "/v1/chat/completions",
+            &[("x-mock-status", "429")],
+            chat_body("hi"),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        let error: Value = serde_json::from_slice(&decompress(encoding, &reply.body)).unwrap();
+        assert_eq!(error["error"]["type"], "rate_limit_error");
+        let stats = get(&app, "/mock/stats").await;
+        assert_eq!(stats.header("content-encoding"), None);
+        assert_eq!(stats.json()["requests_total"], 1);
+    }
+}
+
+#[tokio::test]
+async fn force_encoding_streams_events_compressed_as_they_go() {
+    for encoding in ["gzip", "deflate", "br"] {
+        let app = mock(&["--force-encoding", encoding]);
+        let mut body = chat_body("stream me");
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        // Paced: the body is a stream, compressed and flushed event by event.
+        let headers = [("x-mock-token-delay-ms", "1")];
+        let response = app
+            .clone()
+            .oneshot(request(
+                "POST",
+                "/v1/chat/completions",
+                &headers,
+                body.to_string(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-encoding"], encoding);
+        assert!(response.headers().get("content-length").is_none());
+        let mut frames = response.into_body().into_data_stream();
+        let mut compressed = Vec::new();
+        let mut pieces = 0;
+        while let Some(frame) = frames.next().await {
+            compressed.extend_from_slice(&frame.unwrap());
+            pieces += 1;
+        }
+        assert!(pieces > 3, "{encoding}: sent as it went ({pieces} pieces)");
+        let text = String::from_utf8(decompress(encoding, &compressed)).unwrap();
+        let lines = data_lines(&text);
+        assert_eq!(lines.last(), Some(&"[DONE]"));
+        let usage: Value = serde_json::from_str(lines[lines.len() - 2]).unwrap();
+        assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+        // A cut stream stays cut.
+        let mut body = chat_body("cut me");
+        body["stream"] = json!(true);
+        let cut = [("x-mock-cut-stream-after", "2")];
+        let response = app
+            .clone()
+            .oneshot(request(
+                "POST",
+                "/v1/chat/completions",
+                &cut,
+                body.to_string(),
+            ))
+            .await
+            .unwrap();
+        let mut frames = response.into_body().into_data_stream();
+        let mut failed = false;
+        while let Some(frame) = frames.next().await {
+            failed |= frame.is_err();
+        }
+        assert!(failed, "{encoding}: the cut reaches the client");
+    }
+}
