@@ -107,6 +107,7 @@ $(OHA):
 	cargo install oha --locked --root $(TOOLS)
 
 bench: build envoy $(OHA)
+	cargo build --release --target $(WASM_TARGET) -p tollgate-bench-floor
 	$(PYTHON) tests/bench/bench.py --oha $(OHA) --out bench-results.md
 
 clean:

@@ -15,13 +15,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import start_gateway  # noqa: E402
+from harness import start_gateway, variant_config  # noqa: E402
+from floor import (ENVOY_RATELIMIT, FLOORS, envoy_ratelimit_bootstrap, floor_bootstrap,  # noqa: E402
+                   plain_bootstrap, start_variant)
 
 BODY = json.dumps({"model": "llama-70b", "max_tokens": 16,
                    "messages": [{"role": "user", "content": "Summarise the benefits of an AI gateway in one line."}]})
 # Every target serves the same backend: the tier header routes to vllm-70b
-# without the router, the body's model does with it.
-HEADERS = ["content-type: application/json", "x-model-tier: quality"]
+# without the router, the body's model does with it. The user id puts the
+# guard on its rate-limit path: one call to the rate-limit service per request
+# (user, and user + quality tier, as examples/ratelimit/ai-gateway.yaml).
+HEADERS = ["content-type: application/json", "x-model-tier: quality", "x-user-id: bench-user"]
 GATEWAYS = {"plain Envoy": "none", "router": "router", "meter": "meter", "guard": "guard",
             "all filters": "all"}
 
@@ -99,6 +103,17 @@ def stream_first_byte(targets: dict, labels: list[str], requests: int) -> list[s
     return lines
 
 
+def bench_limits(config: dict) -> None:
+    """The example configuration with limits and budgets no run reaches, so
+    every request takes the guard's full path and is admitted."""
+    config["ratelimit"]["config"] = str(Path(__file__).resolve().parent / "ratelimit.yaml")
+    for budget in config["filters"]["guard"]["budgets"]:
+        if "usd" in budget:
+            budget["usd"] = 1000  # the most a budget counts in micro-dollars
+        else:
+            budget["tokens"] = 10**9
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--oha", default=".tools/bin/oha")
@@ -112,14 +127,27 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    config = variant_config(work / "config", bench_limits)
     gateways = {}
+    variants = {}
     try:
         for label, filters in GATEWAYS.items():
-            gateways[label] = start_gateway(work / filters, filters=filters)
+            gateways[label] = start_gateway(work / filters, config=config, filters=filters)
+        plain = plain_bootstrap(gateways["plain Envoy"].run_dir)
+        for number, (label, (mode, per_attempt)) in enumerate(FLOORS.items()):
+            variants[label] = start_variant(floor_bootstrap(plain, mode, per_attempt), work / f"floor-{number}")
+        guard_bootstrap = plain_bootstrap(gateways["guard"].run_dir)
+        guard_config = json.loads(config.read_text())["filters"]["guard"]
+        ratelimit_cluster = next(c for c in guard_bootstrap["static_resources"]["clusters"]
+                                 if c["name"] == guard_config["cluster"])
+        variants[ENVOY_RATELIMIT] = start_variant(
+            envoy_ratelimit_bootstrap(plain, ratelimit_cluster, guard_config["domain"]), work / "envoy-ratelimit")
         targets = {"mock direct": (gateways["plain Envoy"].backend_url("vllm-70b"),
                                    gateways["plain Envoy"].state["pids"]["vllm-70b"])}
         for label, gw in gateways.items():
             targets[label] = (gw.url, gw.state["envoy_pid"])
+        for label, variant in variants.items():
+            targets[label] = (variant.url, variant.pid)
 
         samples: dict[tuple[str, int], list[dict]] = {}
         for round_number in range(args.rounds):
@@ -134,6 +162,8 @@ def main() -> int:
         if args.stream_requests:
             first_byte = stream_first_byte(targets, ["plain Envoy", "meter", "all filters"], args.stream_requests)
     finally:
+        for variant in variants.values():
+            variant.stop()
         for gw in gateways.values():
             gw.stop()
 
@@ -143,7 +173,13 @@ def main() -> int:
     lines = [
         f"Chat completion POSTs, {args.seconds} s per case, {args.rounds} interleaved rounds, medians; "
         f"Envoy with 2 worker threads; load generator oha on the same 2-core machine. "
-        "CPU is the server process's (mock for 'mock direct', Envoy otherwise) user+system time per request.",
+        "CPU is the server process's (mock for 'mock direct', Envoy otherwise) user+system time per request. "
+        "The guard calls the rate-limit service for every request (limits from tests/bench/ratelimit.yaml). "
+        "The floor rows are plain Envoy with a wasm filter that does nothing but pass, hold the request "
+        "body (as the router must, to route on `model`; with a pass-through per attempt as well, the router's "
+        "shape), or hold both bodies (as the meter must, to read `usage`); 'Envoy ratelimit filter' is plain "
+        "Envoy asking the guard's rate-limit service the same two limits with Envoy's own filter: "
+        "tests/bench/floor.py.",
         "",
         "| target | concurrency | RPS | p50 ms | p99 ms | RPS vs plain Envoy | server CPU µs/req | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -1,0 +1,137 @@
+"""The floor Envoy's wasm host sets under Tollgate's filters: the plain Envoy
+bootstrap of the benchmark with a filter that does nothing but what Tollgate's
+filters must do at least (tests/bench/floor-filter), started beside it on the
+same mocks. Whatever a Tollgate filter costs above its floor row is its own
+work; the floor itself is Envoy's (a wasm context per request, a held body).
+One more row is a reference for the guard: Envoy's own ratelimit filter asking
+the same rate-limit service the same question."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOOR_WASM = ROOT / "target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
+PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# label → (downstream mode, whether a pass-through also runs once per attempt)
+FLOORS = {
+    "floor: pass": ("pass", False),
+    "floor: hold request": ("hold-request", False),
+    "floor: hold request + per-attempt": ("hold-request", True),
+    "floor: hold request + response": ("hold-request-and-response", False),
+}
+ENVOY_RATELIMIT = "Envoy ratelimit filter"
+
+
+def wasm_filter(name: str, mode: str) -> dict:
+    return {"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": name, "root_id": "", "vm_config": {
+            "vm_id": name, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(FLOOR_WASM)}}},
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": mode},
+            # As the router's: a pause on headers then waits for the body.
+            "allow_on_headers_stop_iteration": True}}}
+
+
+def connection_managers(bootstrap: dict) -> list[dict]:
+    return [f["typed_config"] for listener in bootstrap["static_resources"]["listeners"]
+            for chain in listener["filter_chains"] for f in chain["filters"] if "http_filters" in f["typed_config"]]
+
+
+def floor_bootstrap(plain: dict, mode: str, per_attempt: bool) -> dict:
+    """The plain bootstrap with the floor filter first in the HTTP chain
+    (and, with `per_attempt`, first in every cluster's upstream chain)."""
+    bootstrap = copy.deepcopy(plain)
+    for manager in connection_managers(bootstrap):
+        manager["http_filters"].insert(0, wasm_filter("tollgate.bench.floor", mode))
+    if per_attempt:
+        for cluster in bootstrap["static_resources"]["clusters"]:
+            options = cluster.get("typed_extension_protocol_options", {}).get(PROTOCOL_OPTIONS)
+            if options and "http_filters" in options:
+                options["http_filters"].insert(0, wasm_filter("tollgate.bench.floor.upstream", "pass"))
+    return bootstrap
+
+
+def envoy_ratelimit_bootstrap(plain: dict, ratelimit_cluster: dict, domain: str) -> dict:
+    """The plain bootstrap with Envoy's ratelimit filter asking `domain` about
+    the guard's two request limits (user; user and tier) in one call."""
+    bootstrap = copy.deepcopy(plain)
+    bootstrap["static_resources"]["clusters"].append(ratelimit_cluster)
+    user = {"request_headers": {"header_name": "x-user-id", "descriptor_key": "user_id"}}
+    tier = {"request_headers": {"header_name": "x-model-tier", "descriptor_key": "model_tier"}}
+    for manager in connection_managers(bootstrap):
+        manager["http_filters"].insert(0, {"name": "envoy.filters.http.ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": domain, "timeout": "0.1s", "failure_mode_deny": False,
+            "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": ratelimit_cluster["name"]}},
+                                   "transport_api_version": "V3"}}})
+        for virtual_host in manager["route_config"]["virtual_hosts"]:
+            virtual_host["rate_limits"] = [{"actions": [user]}, {"actions": [user, tier]}]
+    return bootstrap
+
+
+@dataclass
+class EnvoyVariant:
+    process: subprocess.Popen
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def plain_bootstrap(plain_run_dir: Path) -> dict:
+    return json.loads((plain_run_dir / "envoy.json").read_text())
+
+
+def start_variant(bootstrap: dict, work: Path, concurrency: int = 2) -> EnvoyVariant:
+    """Starts Envoy on a variant of the plain gateway's bootstrap (whose mocks
+    keep serving) on ephemeral ports; returns once its listener is up."""
+    work.mkdir(parents=True, exist_ok=True)
+    bootstrap = copy.deepcopy(bootstrap)
+    for listener in bootstrap["static_resources"]["listeners"]:
+        listener["address"]["socket_address"]["port_value"] = 0
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
+    config = work / "envoy.json"
+    config.write_text(json.dumps(bootstrap))
+    admin_file = work / "admin.address"
+    envoy = os.environ.get("ENVOY_BIN", str(ROOT / ".venv/bin/envoy"))
+    log = open(work / "envoy.log", "w")
+    # The same flags as `tollgate run` gives Envoy (cli/src/run.rs).
+    process = subprocess.Popen([envoy, "-c", str(config), "--admin-address-path", str(admin_file),
+                                "--concurrency", str(concurrency), "--disable-hot-restart",
+                                "--file-flush-interval-msec", "250", "--log-level", "warn"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    gateway = EnvoyVariant(process=process, url="")
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            gateway.stop()
+            raise RuntimeError(f"Envoy did not start; see {work / 'envoy.log'}")
+        if admin_file.exists() and admin_file.read_text().strip():
+            try:
+                with urllib.request.urlopen(f"http://{admin_file.read_text().strip()}/listeners?format=json", timeout=2) as r:
+                    listeners = json.load(r)
+                address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                if address.get("port_value"):
+                    gateway.url = f"http://{address['address']}:{address['port_value']}"
+                    return gateway
+            except OSError:
+                pass
+        time.sleep(0.1)
