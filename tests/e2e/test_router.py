@@ -45,6 +45,15 @@ def test_tiers_route_to_their_backends(fresh_mocks, client):
         assert received_models(fresh_mocks, backend)[-1] == model, "the tier's model was filled in"
 
 
+def test_clients_cannot_pick_a_route_with_the_decision_headers(client):
+    forged = {"x-ai-model": "gpt-4-turbo", "x-ai-backend": "openai"}
+    # Neither a model nor a tier: the default split serves it, not the forged route.
+    r = client.post("/v1/chat/completions", json=chat("auto"), headers=forged)
+    assert r.status_code == 200 and r.headers["x-mock-backend"] in ("vllm-70b", "nim-70b")
+    r = client.get("/v1/models", headers=forged)
+    assert r.status_code == 200 and r.headers["x-mock-backend"] in ("vllm-70b", "nim-70b")
+
+
 def test_models_and_aliases_are_rewritten_per_backend(fresh_mocks, client):
     r = client.post("/v1/chat/completions", json=chat("gpt-4"))
     assert r.status_code == 200 and r.headers["x-tollgate-backend"] == "openai"

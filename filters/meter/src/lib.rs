@@ -847,9 +847,11 @@ impl MeterFilter {
             let key = key.strip_prefix("Bearer ").or_else(|| key.strip_prefix("bearer ")).unwrap_or(key);
             key_id(&config.key_id_salt, key.trim())
         });
-        // The router, before the meter, has decided these already.
-        self.model = property_string(host, ROUTER_MODEL_PROPERTY).or_else(|| headers.owned(&config.model_header));
-        self.backend = property_string(host, ROUTER_BACKEND_PROPERTY).or_else(|| headers.owned(&config.backend_header));
+        // The router, before the meter, has decided these already, and said
+        // so in the headers the meter has just read (it drops any a client
+        // sent), so its filter state costs a host call only without them.
+        self.model = headers.owned(&config.model_header).or_else(|| property_string(host, ROUTER_MODEL_PROPERTY));
+        self.backend = headers.owned(&config.backend_header).or_else(|| property_string(host, ROUTER_BACKEND_PROPERTY));
         if self.api == Api::Other {
             return Flow::Continue;
         }

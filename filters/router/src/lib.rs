@@ -143,7 +143,7 @@ pub struct Downstream {
 impl Downstream {
     fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
         if end_of_stream {
-            return Flow::Continue;
+            return leave_to_default_route(host);
         }
         let declared = header(host, "content-length").and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|len| len > self.routing.max_body_bytes) {
@@ -185,7 +185,7 @@ impl Downstream {
         let routing = Rc::clone(&self.routing);
         let (group, tier, pinned) = match resolve(&routing, ask) {
             Ok(Resolution::Group { group, tier, pinned }) => (group, tier, pinned),
-            Ok(Resolution::Default) => return Flow::Continue,
+            Ok(Resolution::Default) => return leave_to_default_route(host),
             Err(e) => {
                 let (status, error_type, code) = e.status();
                 reply_error(host, status, &e.message(), error_type, code);
@@ -239,6 +239,27 @@ impl Downstream {
         let message = format!("request body exceeds {} bytes", self.routing.max_body_bytes);
         reply_error(host, 413, &message, "invalid_request_error", "request_too_large");
     }
+}
+
+/// A request the router leaves undecided goes by the tier header or the
+/// default split: decision headers the client sent itself must not pick a
+/// route (or a backend) for it, so they go, and Envoy routes again.
+fn leave_to_default_route(host: &dyn Host) -> Flow {
+    let mut dropped = false;
+    for name in [MODEL_HEADER, BACKEND_HEADER, TIER_HEADER] {
+        if header(host, name).is_some() {
+            match host.set_header(HeaderMap::Request, name, None) {
+                Ok(()) => dropped = true,
+                Err(e) => log::error!("router: {e}"),
+            }
+        }
+    }
+    if dropped {
+        if let Err(e) = host.clear_route_cache() {
+            log::error!("router: {e}");
+        }
+    }
+    Flow::Continue
 }
 
 fn header(host: &dyn Host, name: &str) -> Option<String> {
@@ -313,6 +334,22 @@ mod tests {
         let host = route(&[], r#"{"model":"auto","messages":[]}"#);
         assert_eq!(host.request_header(MODEL_HEADER), None);
         assert_eq!(host.state().route_cache_clears, 0);
+    }
+
+    #[test]
+    fn a_client_cannot_pick_a_route_with_the_decision_headers() {
+        let forged = [(MODEL_HEADER, "gpt-4-turbo"), (BACKEND_HEADER, "openai"), (TIER_HEADER, "quality")];
+        let host = route(&forged, r#"{"messages":[]}"#);
+        for name in [MODEL_HEADER, BACKEND_HEADER, TIER_HEADER] {
+            assert_eq!(host.request_header(name), None, "{name} dropped");
+        }
+        assert_eq!(host.state().route_cache_clears, 1, "routed again without them");
+        // Nor on a request without a body.
+        let host = FakeHost::with_request(&forged, b"");
+        let mut filter = factory("tollgate.router").new_filter();
+        assert_eq!(filter.on_request_headers(&host, true), Flow::Continue);
+        assert_eq!(host.request_header(MODEL_HEADER), None);
+        assert_eq!(host.state().route_cache_clears, 1);
     }
 
     #[test]
