@@ -53,10 +53,6 @@ pub const CACHE_HEADER: &str = "x-tollgate-cache";
 pub const ROUTER_MODEL_PROPERTY: &str = "tollgate_model";
 pub const ROUTER_BACKEND_PROPERTY: &str = "tollgate_backend";
 pub const ROUTER_TIER_PROPERTY: &str = "tollgate_tier";
-/// The request body's length as the router saw it; its per-attempt half
-/// restates `content-length` from it, so the meter updates it when it
-/// changes the body.
-pub const ROUTER_BODY_LENGTH_PROPERTY: &str = "tollgate_body_length";
 
 /// Response headers on non-streamed responses.
 pub const INPUT_TOKENS_HEADER: &str = "x-tollgate-input-tokens";
@@ -407,11 +403,7 @@ impl MeterFilter {
                 let length = rewritten.len().to_string();
                 let replaced = host
                     .set_body(BodyBuffer::Request, 0, size, &rewritten)
-                    .and_then(|()| host.set_header(HeaderMap::Request, "content-length", Some(&length)))
-                    .and_then(|()| match property_string(host, ROUTER_BODY_LENGTH_PROPERTY) {
-                        Some(_) => host.set_property(&[ROUTER_BODY_LENGTH_PROPERTY], length.as_bytes()),
-                        None => Ok(()),
-                    });
+                    .and_then(|()| host.set_header(HeaderMap::Request, "content-length", Some(&length)));
                 match replaced {
                     Ok(()) => self.strip_usage = true,
                     Err(e) => log::warn!("meter: cannot ask for stream usage: {e}"),

@@ -42,26 +42,27 @@ fn update(host: &dyn Host, key: &str, change: impl Fn(i64) -> i64) {
     log::warn!("router: gave up updating {key} after {CAS_ATTEMPTS} races");
 }
 
-fn now_secs(host: &dyn Host) -> i64 {
+/// The current time in Unix seconds (read once per request for `snapshot`:
+/// every clock read is a host call).
+pub fn now_secs(host: &dyn Host) -> i64 {
     host.now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn minute_key(host: &dyn Host, backend: &str) -> String {
-    key(backend, &format!("tokens.{}", now_secs(host) / 60))
+fn minute_key(now: i64, backend: &str) -> String {
+    key(backend, &format!("tokens.{}", now / 60))
 }
 
-/// What `strategy` needs to know of `backend` (every shared-data read is a
-/// host call under a lock, so only those).
-pub fn snapshot(host: &dyn Host, backend: &str, strategy: Strategy) -> BackendSnapshot {
-    let mut snapshot =
-        BackendSnapshot { cooling_down: read(host, &key(backend, "cooldown_until")).0 > now_secs(host), ..Default::default() };
+/// What `strategy` needs to know of `backend` at `now` (every shared-data
+/// read is a host call under a lock, so only those).
+pub fn snapshot(host: &dyn Host, backend: &str, strategy: Strategy, now: i64) -> BackendSnapshot {
+    let mut snapshot = BackendSnapshot { cooling_down: read(host, &key(backend, "cooldown_until")).0 > now, ..Default::default() };
     match strategy {
         Strategy::LeastBusy => snapshot.in_flight = read(host, &key(backend, "in_flight")).0,
         Strategy::LatencyBased => {
             snapshot.latency_us = u64::try_from(read(host, &key(backend, "ttfb_us")).0).ok().filter(|l| *l > 0);
         }
         Strategy::UsageBased => {
-            snapshot.tokens_this_minute = u64::try_from(read(host, &minute_key(host, backend)).0).unwrap_or(0);
+            snapshot.tokens_this_minute = u64::try_from(read(host, &minute_key(now, backend)).0).unwrap_or(0);
         }
         Strategy::SimpleShuffle | Strategy::CostBased => {}
     }
@@ -78,7 +79,7 @@ pub fn request_started(host: &dyn Host, backend: &str, strategy: Strategy, estim
         }
         Strategy::UsageBased => {
             let tokens = i64::try_from(estimated_tokens).unwrap_or(i64::MAX);
-            update(host, &minute_key(host, backend), |n| n.saturating_add(tokens));
+            update(host, &minute_key(now_secs(host), backend), |n| n.saturating_add(tokens));
             false
         }
         _ => false,
@@ -121,11 +122,11 @@ mod tests {
         let host = FakeHost::new();
         assert!(request_started(&host, "a", Strategy::LeastBusy, 100));
         assert!(request_started(&host, "a", Strategy::LeastBusy, 50));
-        assert_eq!(snapshot(&host, "a", Strategy::LeastBusy).in_flight, 2);
+        assert_eq!(snapshot(&host, "a", Strategy::LeastBusy, now_secs(&host)).in_flight, 2);
         request_finished(&host, "a");
         request_finished(&host, "a");
         request_finished(&host, "a");
-        assert_eq!(snapshot(&host, "a", Strategy::LeastBusy).in_flight, 0);
+        assert_eq!(snapshot(&host, "a", Strategy::LeastBusy, now_secs(&host)).in_flight, 0);
     }
 
     #[test]
@@ -134,8 +135,8 @@ mod tests {
         assert!(!request_started(&host, "a", Strategy::SimpleShuffle, 100));
         assert!(!request_started(&host, "a", Strategy::UsageBased, 100));
         assert!(host.state().shared_data.keys().all(|k| !k.ends_with("in_flight")));
-        assert_eq!(snapshot(&host, "a", Strategy::UsageBased).tokens_this_minute, 100);
-        assert_eq!(snapshot(&host, "a", Strategy::SimpleShuffle), BackendSnapshot::default());
+        assert_eq!(snapshot(&host, "a", Strategy::UsageBased, now_secs(&host)).tokens_this_minute, 100);
+        assert_eq!(snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)), BackendSnapshot::default());
     }
 
     #[test]
@@ -144,16 +145,16 @@ mod tests {
         host.state().now = Some(UNIX_EPOCH + Duration::from_secs(600));
         request_started(&host, "a", Strategy::UsageBased, 100);
         host.state().now = Some(UNIX_EPOCH + Duration::from_secs(660));
-        assert_eq!(snapshot(&host, "a", Strategy::UsageBased).tokens_this_minute, 0);
+        assert_eq!(snapshot(&host, "a", Strategy::UsageBased, now_secs(&host)).tokens_this_minute, 0);
     }
 
     #[test]
     fn latency_is_a_moving_average() {
         let host = FakeHost::new();
         attempt_finished(&host, "a", false, Some(8000), (3, 30));
-        assert_eq!(snapshot(&host, "a", Strategy::LatencyBased).latency_us, Some(8000));
+        assert_eq!(snapshot(&host, "a", Strategy::LatencyBased, now_secs(&host)).latency_us, Some(8000));
         attempt_finished(&host, "a", false, Some(16000), (3, 30));
-        assert_eq!(snapshot(&host, "a", Strategy::LatencyBased).latency_us, Some(9000));
+        assert_eq!(snapshot(&host, "a", Strategy::LatencyBased, now_secs(&host)).latency_us, Some(9000));
     }
 
     #[test]
@@ -164,11 +165,11 @@ mod tests {
         attempt_finished(&host, "a", true, None, (3, 30));
         attempt_finished(&host, "a", false, None, (3, 30));
         attempt_finished(&host, "a", true, None, (3, 30));
-        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle).cooling_down, "a success resets the count");
+        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)).cooling_down, "a success resets the count");
         attempt_finished(&host, "a", true, None, (3, 30));
         attempt_finished(&host, "a", true, None, (3, 30));
-        assert!(snapshot(&host, "a", Strategy::SimpleShuffle).cooling_down);
+        assert!(snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)).cooling_down);
         host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1031));
-        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle).cooling_down);
+        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)).cooling_down);
     }
 }

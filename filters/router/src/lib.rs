@@ -33,17 +33,14 @@ pub const TIER_HEADER: &str = "x-ai-tier";
 /// The client's tier request.
 pub const CLIENT_TIER_HEADER: &str = "x-model-tier";
 /// Filter state holding the decision for the per-attempt half, the meter and
-/// the access log. Headers are only for the route table: Envoy gives every
-/// attempt the same header map, so what one attempt strips the next loses.
+/// the access log. The headers are for the route table only: Envoy drops them
+/// before the first try (the virtual host's `request_headers_to_remove`).
 pub const STATE_MODEL: &str = "tollgate_model";
 pub const STATE_BACKEND: &str = "tollgate_backend";
 pub const STATE_TIER: &str = "tollgate_tier";
-/// The model the client's body names, and the body's length, so an attempt
-/// that changes nothing need not hold and re-read the body.
+/// The model the client's body names, so a first attempt that changes
+/// nothing need not hold and re-read the body.
 pub const STATE_REQUESTED_MODEL: &str = "tollgate_requested_model";
-pub const STATE_BODY_LENGTH: &str = "tollgate_body_length";
-/// Request header stamped on each upstream attempt (1 for the first try).
-pub const ATTEMPT_HEADER: &str = "x-tollgate-attempt";
 /// Response headers telling the client which backend answered, after how many tries.
 pub const RESPONSE_BACKEND_HEADER: &str = "x-tollgate-backend";
 pub const RESPONSE_ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
@@ -197,18 +194,16 @@ impl Downstream {
             // One target: nothing to balance, no shared state to read.
             (None, [only]) => only.backend.clone(),
             (None, _) => {
-                let snapshot = |backend: &str| backend_state::snapshot(host, backend, group.strategy);
+                let now = backend_state::now_secs(host);
+                let snapshot = |backend: &str| backend_state::snapshot(host, backend, group.strategy, now);
                 match strategy::choose(group, &snapshot, self.random.next()) {
                     Some(target) => target.backend.clone(),
                     None => return Flow::Continue,
                 }
             }
         };
-        let length = body.len().to_string();
-        for (state, value) in [(STATE_REQUESTED_MODEL, summary.model.as_deref().unwrap_or_default()), (STATE_BODY_LENGTH, length.as_str())] {
-            if let Err(e) = host.set_property(&[state], value.as_bytes()) {
-                log::warn!("router: {e}");
-            }
+        if let Err(e) = host.set_property(&[STATE_REQUESTED_MODEL], summary.model.as_deref().unwrap_or_default().as_bytes()) {
+            log::warn!("router: {e}");
         }
         let mut decision = vec![(MODEL_HEADER, STATE_MODEL, group.name.as_str()), (BACKEND_HEADER, STATE_BACKEND, backend.as_str())];
         if let Some(tier) = tier {
@@ -391,7 +386,7 @@ mod tests {
         let mut first = factory.new_filter();
         first.on_request_body(&host, 13, true);
         let chosen = host.request_header(BACKEND_HEADER).unwrap();
-        let in_flight = |b: &str| backend_state::snapshot(&host, b, config::Strategy::LeastBusy).in_flight;
+        let in_flight = |b: &str| backend_state::snapshot(&host, b, config::Strategy::LeastBusy, 0).in_flight;
         assert_eq!(in_flight(&chosen), 1);
         let mut second = factory.new_filter();
         second.on_request_body(&host, 13, true);

@@ -4,10 +4,7 @@
 
 use crate::config::{Backend, Provider, Routing};
 use crate::translation::{ClientAsk, Direction, ResponseTranslator};
-use crate::{
-    backend_state, ATTEMPT_HEADER, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_BODY_LENGTH, STATE_MODEL,
-    STATE_REQUESTED_MODEL,
-};
+use crate::{backend_state, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_MODEL, STATE_REQUESTED_MODEL};
 use crate::config::{ModelGroup, Strategy};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,6 +28,9 @@ pub struct Attempt {
     /// gone on, the body callbacks must not touch them: the host then
     /// answers header calls with an error the SDK turns into a panic.
     holding_headers: bool,
+    /// Held only to restate `content-length` from the body's size (a retry
+    /// whose body stays as the client sent it).
+    restating_length: bool,
     /// Set when the client's API differs from the backend's.
     translation: Option<(Direction, ClientAsk)>,
     response: Option<ResponseTranslator>,
@@ -45,22 +45,21 @@ impl Attempt {
             attempt: "1".to_string(),
             started: None,
             holding_headers: false,
+            restating_length: false,
             translation: None,
             response: None,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
-        self.started = Some(host.now());
         // Envoy numbers each routed try in x-envoy-attempt-count (with
-        // include_request_attempt_count on the virtual host). Anything else
-        // here is the cluster's own traffic, such as an active health check,
-        // which passes untouched.
+        // include_request_attempt_count on the virtual host; it also tells
+        // the backend). Anything else here is the cluster's own traffic, such
+        // as an active health check, which passes untouched.
         let Some(attempt) = header(host, "x-envoy-attempt-count") else {
             return Flow::Continue;
         };
         self.attempt = attempt;
-        set(host, HeaderMap::Request, ATTEMPT_HEADER, Some(&self.attempt));
         self.backend = match host.property(&REACHED_BACKEND) {
             Ok(value) => value.and_then(|v| String::from_utf8(v).ok()),
             Err(e) => {
@@ -69,6 +68,9 @@ impl Attempt {
             }
         };
         self.group = state(host, STATE_MODEL);
+        if self.latency_based() {
+            self.started = Some(host.now());
+        }
         let Some(config) = self.backend_config() else {
             return Flow::Continue;
         };
@@ -78,12 +80,18 @@ impl Attempt {
             self.rewrite_headers(host);
             return Flow::Continue;
         }
-        if let Some(length) = (!translating).then(|| self.unchanged_body_length(host)).flatten() {
-            // Nothing in the body changes: no need to hold it. The length is
-            // restated, since an earlier attempt may have sent another body.
-            set(host, HeaderMap::Request, "content-length", Some(&length));
-            self.rewrite_headers(host);
-            return Flow::Continue;
+        if !translating && self.body_names_target_model(host) {
+            if self.attempt == "1" {
+                // Nothing in the body changes, and no earlier attempt changed
+                // its content-length: headers and body go on as they are.
+                self.rewrite_headers(host);
+                return Flow::Continue;
+            }
+            // A retry replays the body as the client sent it, but all tries
+            // share one header map and an earlier one may have restated
+            // content-length for a rewritten body: hold the headers only to
+            // restate it from the body's size (retries are rare).
+            self.restating_length = true;
         }
         // Hold the headers until the body is here: the body and its
         // content-length change together.
@@ -91,14 +99,14 @@ impl Attempt {
         Flow::Pause
     }
 
-    /// The body's length when the body already names the model this backend
-    /// knows the decided group by (the common case: no rewrite, no pause).
-    fn unchanged_body_length(&self, host: &dyn Host) -> Option<String> {
-        let requested = state(host, STATE_REQUESTED_MODEL)?;
-        if self.target_model().is_none_or(|target| target != requested) {
-            return None;
-        }
-        state(host, STATE_BODY_LENGTH).filter(|length| !length.is_empty())
+    /// Whether the body already names the model this backend knows the
+    /// decided group by (the common case: no rewrite).
+    fn body_names_target_model(&self, host: &dyn Host) -> bool {
+        self.target_model().is_some_and(|target| state(host, STATE_REQUESTED_MODEL).is_some_and(|requested| requested == target))
+    }
+
+    fn latency_based(&self) -> bool {
+        self.decided_group().is_some_and(|g| g.strategy == Strategy::LatencyBased)
     }
 
     fn decided_group(&self) -> Option<&ModelGroup> {
@@ -117,6 +125,12 @@ impl Attempt {
         }
         if !end_of_stream {
             return Flow::Pause;
+        }
+        self.holding_headers = false;
+        if self.restating_length {
+            set(host, HeaderMap::Request, "content-length", Some(&body_size.to_string()));
+            self.rewrite_headers(host);
+            return Flow::Continue;
         }
         let body = match host.body(BodyBuffer::Request, 0, body_size) {
             Ok(body) => body.unwrap_or_default(),
@@ -141,7 +155,6 @@ impl Attempt {
         }
         set(host, HeaderMap::Request, "content-length", Some(&length.to_string()));
         self.rewrite_headers(host);
-        self.holding_headers = false;
         Flow::Continue
     }
 
@@ -151,14 +164,14 @@ impl Attempt {
         };
         let status = header_in(host, HeaderMap::Response, ":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
         let failed = status == 429 || status >= 500;
+        // Time to first byte is kept only for groups balancing on it (only
+        // they noted the start).
         let ttfb_us = self
             .started
+            .filter(|_| !failed)
             .and_then(|start| host.now().duration_since(start).ok())
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let cooldown = (self.routing.cooldown.failures, self.routing.cooldown.seconds);
-        // Time to first byte is kept only for groups balancing on it.
-        let latency_based = self.decided_group().is_some_and(|g| g.strategy == Strategy::LatencyBased);
-        let ttfb_us = if failed || !latency_based { None } else { ttfb_us };
         backend_state::attempt_finished(host, &backend, failed, ttfb_us, cooldown);
         set(host, HeaderMap::Response, RESPONSE_BACKEND_HEADER, Some(&backend));
         set(host, HeaderMap::Response, RESPONSE_ATTEMPTS_HEADER, Some(&self.attempt));
@@ -309,7 +322,10 @@ mod tests {
     use tollgate_host::fake::FakeHost;
 
     fn attempt(backend: Option<&str>, headers: &[(&str, &str)], body: &str) -> (FakeHost, RouterFilter) {
-        let host = FakeHost::with_request(headers, body.as_bytes());
+        attempt_on(FakeHost::with_request(headers, body.as_bytes()), backend, headers, body)
+    }
+
+    fn attempt_on(host: FakeHost, backend: Option<&str>, headers: &[(&str, &str)], body: &str) -> (FakeHost, RouterFilter) {
         if let Some(backend) = backend {
             let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
             host.state().properties.insert(path, backend.as_bytes().to_vec());
@@ -349,7 +365,6 @@ mod tests {
         assert_eq!(body_model(&host), "gpt-4-turbo");
         assert_eq!(host.request_header("authorization").as_deref(), Some("Bearer sk-secret"));
         assert_eq!(host.request_header(":authority").as_deref(), Some("api.openai.com"));
-        assert_eq!(host.request_header(ATTEMPT_HEADER).as_deref(), Some("2"));
         host.set_response(&[(":status", "200")], b"");
         filter.on_response_headers(&host, false);
         assert_eq!(host.response_header(RESPONSE_BACKEND_HEADER).as_deref(), Some("openai"));
@@ -357,16 +372,15 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_that_changes_nothing_does_not_hold_the_body() {
-        let host = FakeHost::with_request(&[(MODEL_HEADER, "llama-8b"), ("content-length", "99"), ("x-envoy-attempt-count", "2")], b"");
+    fn a_first_attempt_that_changes_nothing_does_not_hold_the_body() {
+        let host = FakeHost::with_request(&[(MODEL_HEADER, "llama-8b"), ("content-length", "36"), ("x-envoy-attempt-count", "1")], b"");
         let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
-        for (key, value) in [(path, "vllm-8b"), (vec![STATE_MODEL.to_string()], "llama-8b"),
-                             (vec![STATE_REQUESTED_MODEL.to_string()], "llama-8b"), (vec![STATE_BODY_LENGTH.to_string()], "36")] {
+        for (key, value) in [(path, "vllm-8b"), (vec![STATE_MODEL.to_string()], "llama-8b"), (vec![STATE_REQUESTED_MODEL.to_string()], "llama-8b")] {
             host.state().properties.insert(key, value.as_bytes().to_vec());
         }
         let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
         assert_eq!(filter.on_request_headers(&host, false), Flow::Continue);
-        assert_eq!(host.request_header("content-length").as_deref(), Some("36"), "restated for this attempt");
+        assert_eq!(host.request_header("content-length").as_deref(), Some("36"), "as the downstream filters left it");
         // The headers went on: the body callback must leave them alone.
         host.state().request_headers_sent = true;
         host.state().request_body = br#"{"model":"llama-8b","messages":[]}"#.to_vec();
@@ -374,11 +388,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_model_leaves_the_body_alone_but_restates_its_length() {
+    fn a_retry_with_an_unchanged_model_leaves_the_body_alone_but_restates_its_length() {
         let body = r#"{"model":"llama-8b",  "messages":[]}"#;
         // A previous attempt to another backend left a longer length behind.
         let headers = [(MODEL_HEADER, "llama-8b"), ("content-length", "99"), ("x-envoy-attempt-count", "2")];
-        let (host, _) = attempt(Some("vllm-8b"), &headers, body);
+        let host = FakeHost::with_request(&headers, body.as_bytes());
+        host.state().properties.insert(vec![STATE_REQUESTED_MODEL.to_string()], b"llama-8b".to_vec());
+        let (host, _) = attempt_on(host, Some("vllm-8b"), &headers, body);
         assert_eq!(host.state().request_body, body.as_bytes());
         assert_eq!(host.request_header("content-length"), Some(body.len().to_string()));
     }
@@ -388,7 +404,7 @@ mod tests {
         let body = r#"{"model":"llama-70b"}"#;
         let (host, _) = attempt(None, &[(MODEL_HEADER, "llama-70b"), ("x-envoy-attempt-count", "1")], body);
         assert_eq!(host.state().request_body, body.as_bytes());
-        assert_eq!(host.request_header(ATTEMPT_HEADER).as_deref(), Some("1"));
+        assert_eq!(host.request_header("content-length"), None, "nothing restated");
     }
 
     #[test]
@@ -436,7 +452,6 @@ mod tests {
     #[test]
     fn health_checks_pass_untouched() {
         let (host, mut filter) = attempt(Some("vllm-8b"), &[(":path", "/healthz"), ("host", "vllm-8b")], "");
-        assert_eq!(host.request_header(ATTEMPT_HEADER), None);
         assert_eq!(host.request_header("host").as_deref(), Some("vllm-8b"));
         host.set_response(&[(":status", "200")], b"");
         filter.on_response_headers(&host, true);
@@ -456,6 +471,7 @@ mod tests {
             host.set_response(&[(":status", status)], b"");
             filter.on_response_headers(&host, false);
         }
-        assert!(backend_state::snapshot(&host, "vllm-8b", crate::config::Strategy::SimpleShuffle).cooling_down);
+        let now = backend_state::now_secs(&host);
+        assert!(backend_state::snapshot(&host, "vllm-8b", crate::config::Strategy::SimpleShuffle, now).cooling_down);
     }
 }
