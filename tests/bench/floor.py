@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import stop_process  # tests/e2e, on the path bench.py sets
+
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR_WASM = ROOT / "target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
 PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -88,12 +90,7 @@ class EnvoyVariant:
         return self.process.pid
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def plain_bootstrap(plain_run_dir: Path) -> dict:

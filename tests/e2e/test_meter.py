@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from harness import DEFAULT_CONFIG, ROOT, prometheus_samples, start_gateway, variant_config
+from harness import DEFAULT_CONFIG, ROOT, prometheus_samples, start_gateway, stop_process, variant_config
 
 RULES = ROOT / "examples/prometheus/tollgate-rules.yml"
 DASHBOARD = ROOT / "examples/grafana/tollgate.json"
@@ -422,11 +422,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else float("nan")
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
         self.log.close()
 
 
