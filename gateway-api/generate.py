@@ -515,7 +515,79 @@ spec:
         path: ""
         value:
 {block(ratelimit, 10)}""")
+    out += fallback_chains(local, routes, filters)
     return "\n".join(out) + "\n"
+
+
+def rule_cluster(index: int) -> str:
+    return f"httproute/{NAMESPACE}/{ROUTE}/rule/{index}"
+
+
+def chain_cluster(group: str, primary: str) -> str:
+    return f"tollgate/chain/{group}/{primary}"
+
+
+def fallback_chains(local: Local, routes: list[dict], upstream_filters: list[dict]) -> list[str]:
+    """Section 6: each (model, backend) rule whose local cluster falls back
+    (its priorities) routes to an aggregate cluster over the rules' clusters
+    of that chain's backends, in order."""
+    # The cluster that serves each backend alone: the first rule routing
+    # only to it (the (model, backend) rules come first).
+    alone: dict[str, int] = {}
+    for i, route in enumerate(routes):
+        if len(route["targets"]) == 1:
+            alone.setdefault(local.chain(route["targets"][0][0])[0], i)
+    out = [f"""
+    # 6. Fallback chains. Locally each (model, backend) route has a cluster whose
+    #    priorities are the chain a failure moves along: that backend, the
+    #    group's others, the fallback groups'. Envoy Gateway gives each rule a
+    #    cluster of its own backend only, and gives a rule that mixes Services
+    #    and FQDN Backends a cluster per backendRef behind weighted_clusters,
+    #    where a retry cannot fall over (v1.9.0 internal/ir/xds.go,
+    #    NeedsClusterPerSetting). So each such rule's route is pointed at an
+    #    aggregate cluster (envoy.clusters.aggregate) over the rules' clusters of
+    #    the chain's backends, in order: Envoy linearises their priorities, so
+    #    the virtual host's retries with previous_priorities move down the chain
+    #    as locally, each child keeping its own TLS, DNS and health checks. The
+    #    per-attempt filter of an attempt is the route's cluster's, so the
+    #    aggregate carries it too (Envoy 1.40: tests/e2e/test_gateway_api.py
+    #    runs the same shape in real Envoy)."""]
+    for i, route in enumerate(routes):
+        if len(route["targets"]) != 1:
+            continue
+        chain = local.chain(route["targets"][0][0])
+        headers = dict(route["headers"])
+        if len(chain) < 2 or set(headers) != {"x-ai-model", "x-ai-backend"}:
+            continue
+        name = chain_cluster(headers["x-ai-model"], headers["x-ai-backend"])
+        aggregate = {
+            "name": name,
+            "connect_timeout": "1s",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": [rule_cluster(alone[backend]) for backend in chain]}},
+            "typed_extension_protocol_options": {OPTIONS_KEY: {
+                "@type": f"type.googleapis.com/{OPTIONS_KEY}",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": "UPSTREAM_FILTERS"}},
+        }
+        text = block(aggregate, 10).replace("http_filters: UPSTREAM_FILTERS", "http_filters: *upstream_filters")
+        out.append(f"""    - type: type.googleapis.com/envoy.config.cluster.v3.Cluster
+      name: {name}
+      operation:
+        op: add
+        path: ""
+        value:
+{text}
+    - type: type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+      name: {NAMESPACE}/{GATEWAY}/{LISTENER}
+      operation:
+        op: replace
+        jsonPath: "$.virtual_hosts[*].routes[?(@.route.cluster == '{rule_cluster(i)}')].route"
+        path: cluster
+        value: {name}""")
+    return out
 
 
 def generate() -> dict[Path, str]:

@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from harness import start_gateway, variant_config  # noqa: E402
-from floor import (ENVOY_RATELIMIT, FLOORS, envoy_ratelimit_bootstrap, floor_bootstrap,  # noqa: E402
-                   plain_bootstrap, start_variant)
+from harness import gateway_bootstrap, start_envoy_variant, start_gateway, variant_config  # noqa: E402
+from floor import ENVOY_RATELIMIT, FLOORS, envoy_ratelimit_bootstrap, floor_bootstrap  # noqa: E402
 
 BODY = json.dumps({"model": "llama-70b", "max_tokens": 16,
                    "messages": [{"role": "user", "content": "Summarise the benefits of an AI gateway in one line."}]})
@@ -133,14 +132,14 @@ def main() -> int:
     try:
         for label, filters in GATEWAYS.items():
             gateways[label] = start_gateway(work / filters, config=config, filters=filters)
-        plain = plain_bootstrap(gateways["plain Envoy"].run_dir)
+        plain = gateway_bootstrap(gateways["plain Envoy"])
         for number, (label, (mode, per_attempt)) in enumerate(FLOORS.items()):
-            variants[label] = start_variant(floor_bootstrap(plain, mode, per_attempt), work / f"floor-{number}")
-        guard_bootstrap = plain_bootstrap(gateways["guard"].run_dir)
+            variants[label] = start_envoy_variant(floor_bootstrap(plain, mode, per_attempt), work / f"floor-{number}")
+        guard_bootstrap = gateway_bootstrap(gateways["guard"])
         guard_config = json.loads(config.read_text())["filters"]["guard"]
         ratelimit_cluster = next(c for c in guard_bootstrap["static_resources"]["clusters"]
                                  if c["name"] == guard_config["cluster"])
-        variants[ENVOY_RATELIMIT] = start_variant(
+        variants[ENVOY_RATELIMIT] = start_envoy_variant(
             envoy_ratelimit_bootstrap(plain, ratelimit_cluster, guard_config["domain"]), work / "envoy-ratelimit")
         targets = {"mock direct": (gateways["plain Envoy"].backend_url("vllm-70b"),
                                    gateways["plain Envoy"].state["pids"]["vllm-70b"])}

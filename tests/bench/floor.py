@@ -9,15 +9,7 @@ the same rate-limit service the same question."""
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-
-from harness import stop_process  # tests/e2e, on the path bench.py sets
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR_WASM = ROOT / "target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
@@ -78,57 +70,3 @@ def envoy_ratelimit_bootstrap(plain: dict, ratelimit_cluster: dict, domain: str)
         for virtual_host in manager["route_config"]["virtual_hosts"]:
             virtual_host["rate_limits"] = [{"actions": [user]}, {"actions": [user, tier]}]
     return bootstrap
-
-
-@dataclass
-class EnvoyVariant:
-    process: subprocess.Popen
-    url: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-def plain_bootstrap(plain_run_dir: Path) -> dict:
-    return json.loads((plain_run_dir / "envoy.json").read_text())
-
-
-def start_variant(bootstrap: dict, work: Path, concurrency: int = 2) -> EnvoyVariant:
-    """Starts Envoy on a variant of the plain gateway's bootstrap (whose mocks
-    keep serving) on ephemeral ports; returns once its listener is up."""
-    work.mkdir(parents=True, exist_ok=True)
-    bootstrap = copy.deepcopy(bootstrap)
-    for listener in bootstrap["static_resources"]["listeners"]:
-        listener["address"]["socket_address"]["port_value"] = 0
-    bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
-    config = work / "envoy.json"
-    config.write_text(json.dumps(bootstrap))
-    admin_file = work / "admin.address"
-    envoy = os.environ.get("ENVOY_BIN", str(ROOT / ".venv/bin/envoy"))
-    log = open(work / "envoy.log", "w")
-    # The same flags as `tollgate run` gives Envoy (cli/src/run.rs).
-    process = subprocess.Popen([envoy, "-c", str(config), "--admin-address-path", str(admin_file),
-                                "--concurrency", str(concurrency), "--disable-hot-restart",
-                                "--file-flush-interval-msec", "250", "--log-level", "warn"],
-                               stdout=log, stderr=subprocess.STDOUT)
-    gateway = EnvoyVariant(process=process, url="")
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            gateway.stop()
-            raise RuntimeError(f"Envoy did not start; see {work / 'envoy.log'}")
-        if admin_file.exists() and admin_file.read_text().strip():
-            try:
-                with urllib.request.urlopen(f"http://{admin_file.read_text().strip()}/listeners?format=json", timeout=2) as r:
-                    listeners = json.load(r)
-                address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-                if address.get("port_value"):
-                    gateway.url = f"http://{address['address']}:{address['port_value']}"
-                    return gateway
-            except OSError:
-                pass
-        time.sleep(0.1)

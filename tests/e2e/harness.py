@@ -4,6 +4,7 @@ and writes a state file once Envoy's admin endpoint reports ready."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -124,3 +125,59 @@ def variant_config(directory: Path, change) -> Path:
     path = directory / "tollgate.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+@dataclass
+class EnvoyVariant:
+    """Envoy on a bootstrap derived from a gateway's (its mocks keep serving)."""
+
+    process: subprocess.Popen
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def gateway_bootstrap(gateway: Gateway) -> dict:
+    """The bootstrap `tollgate run` rendered for a running gateway."""
+    return json.loads((gateway.run_dir / "envoy.json").read_text())
+
+
+def start_envoy_variant(bootstrap: dict, work: Path, concurrency: int = 2) -> EnvoyVariant:
+    """Starts Envoy on `bootstrap` with its listener and admin on ephemeral
+    ports; returns once the listener is up."""
+    work.mkdir(parents=True, exist_ok=True)
+    bootstrap = copy.deepcopy(bootstrap)
+    for listener in bootstrap["static_resources"]["listeners"]:
+        listener["address"]["socket_address"]["port_value"] = 0
+    bootstrap["admin"]["address"]["socket_address"]["port_value"] = 0
+    config = work / "envoy.json"
+    config.write_text(json.dumps(bootstrap))
+    admin_file = work / "admin.address"
+    envoy = os.environ.get("ENVOY_BIN", str(ROOT / ".venv/bin/envoy"))
+    log = open(work / "envoy.log", "w")
+    # The same flags as `tollgate run` gives Envoy (cli/src/run.rs).
+    process = subprocess.Popen([envoy, "-c", str(config), "--admin-address-path", str(admin_file),
+                                "--concurrency", str(concurrency), "--disable-hot-restart",
+                                "--file-flush-interval-msec", "250", "--log-level", "warn"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    variant = EnvoyVariant(process=process, url="")
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            variant.stop()
+            raise GatewayFailed(f"Envoy did not start; see {work / 'envoy.log'}")
+        if admin_file.exists() and admin_file.read_text().strip():
+            try:
+                listeners = httpx.get(f"http://{admin_file.read_text().strip()}/listeners?format=json", timeout=2).json()
+                address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                if address.get("port_value"):
+                    variant.url = f"http://{address['address']}:{address['port_value']}"
+                    return variant
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from harness import start_gateway, variant_config
+from harness import gateway_bootstrap, start_envoy_variant, start_gateway, variant_config
 
 
 def chat(model=None, **extra):
@@ -186,4 +186,54 @@ def test_backend_keys_are_injected_and_never_dumped(tmp_path, monkeypatch):
             assert secret not in dump and secret not in stats and secret not in logs
         assert "TOLLGATE_TEST_OPENAI_KEY" in dump, "only the variable's name is configured"
     finally:
+        gw.stop()
+
+
+PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def as_aggregates(bootstrap: dict) -> dict:
+    """The shape gateway-api/60-envoypatchpolicy.yaml gives Envoy Gateway's
+    clusters: each local (model, backend) cluster that falls back becomes an
+    aggregate over one cluster per backend of its chain, in order, carrying
+    the per-attempt filter (the children keep theirs, as the rules' do)."""
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    for name, cluster in list(clusters.items()):
+        if "~" not in name:  # `tollgate render` names them <group>~<backend>
+            continue
+        localities = sorted(cluster["load_assignment"]["endpoints"], key=lambda e: e.get("priority", 0))
+        chain = [e["metadata"]["filter_metadata"]["tollgate"]["backend"] for loc in localities for e in loc["lb_endpoints"]]
+        if len(chain) < 2:
+            continue
+        clusters[name] = {
+            "name": name, "connect_timeout": "1s", "lb_policy": "CLUSTER_PROVIDED",
+            "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": chain}},
+            "typed_extension_protocol_options": {PROTOCOL_OPTIONS: cluster["typed_extension_protocol_options"][PROTOCOL_OPTIONS]},
+        }
+    bootstrap["static_resources"]["clusters"] = list(clusters.values())
+    return bootstrap
+
+
+def test_fallback_through_aggregate_clusters_as_in_kubernetes(tmp_path):
+    """The Kubernetes manifests express fallback chains with aggregate clusters
+    (Envoy Gateway gives each rule a cluster of its own backend). The same
+    shape in the pinned Envoy: retries move down the chain across clusters and
+    every try is rewritten for the backend it reaches."""
+    gw = start_gateway(tmp_path / "gw", config=variant_config(tmp_path, failing("vllm-70b", "nim-70b")))
+    variant = start_envoy_variant(as_aggregates(gateway_bootstrap(gw)), tmp_path / "aggregates")
+    try:
+        with httpx.Client(base_url=variant.url, timeout=10) as c:
+            r = c.post("/v1/chat/completions", json=chat("llama-70b"))
+        assert r.status_code == 200, r.text
+        # vllm-70b, then nim-70b (each 503, or skipped once health checks see
+        # them fail), then the fallback group's openai, as the local chain.
+        assert r.headers["x-tollgate-backend"] == "openai"
+        assert received_models(gw, "openai")[-1] == "gpt-4-turbo", "rewritten for the backend reached"
+        tried = received_models(gw, "vllm-70b") + received_models(gw, "nim-70b")
+        assert set(tried) <= {"llama-70b", "meta/llama-3.1-70b-instruct"}
+        assert r.headers["x-tollgate-attempts"] == str(len(tried) + 1)
+    finally:
+        variant.stop()
         gw.stop()
