@@ -520,10 +520,16 @@ impl GuardFilter {
         let property = |name: &str| {
             host.property(&[name]).ok().flatten().and_then(|bytes| String::from_utf8(bytes).ok())
         };
-        self.tier = property(ROUTER_TIER_PROPERTY)
-            .or_else(|| config.tier_headers.iter().find_map(|h| lookup(h)))
+        // The router before the guard publishes its decision in these headers
+        // (and drops any a client sent); its filter state is read only
+        // without them, a host call saved per request.
+        self.tier = config
+            .tier_headers
+            .iter()
+            .find_map(|h| lookup(h))
+            .or_else(|| property(ROUTER_TIER_PROPERTY))
             .and_then(|v| descriptor_value(&v));
-        self.model = property(ROUTER_MODEL_PROPERTY).or_else(|| lookup(&config.model_header)).and_then(|v| descriptor_value(&v));
+        self.model = lookup(&config.model_header).or_else(|| property(ROUTER_MODEL_PROPERTY)).and_then(|v| descriptor_value(&v));
         self.content_length = lookup("content-length").and_then(|v| v.trim().parse().ok());
         if config.rate_limits.is_empty() && config.budgets.is_empty() {
             self.phase = Phase::Passed;

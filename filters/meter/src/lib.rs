@@ -386,10 +386,11 @@ impl MeterFilter {
         let parsed = RequestBody::parse(&body);
         let readable = parsed.is_some();
         let fields = parsed.unwrap_or_default();
-        // The router (before the meter) resolved aliases and tiers.
-        self.model = property_string(host, ROUTER_MODEL_PROPERTY)
-            .or_else(|| self.request_header(host, &self.config().model_header))
-            .or_else(|| fields.model.clone());
+        // The router (before the meter) resolved aliases and tiers; the
+        // request headers said so already, else the body names the model.
+        if self.model.is_none() {
+            self.model = fields.model.clone();
+        }
         self.encoding = self.config().encodings.for_model(self.model.as_deref().unwrap_or_default());
         let counter = self.counter();
         self.prompt_estimate = if readable { fields.prompt_tokens(&counter, self.api) } else { None };

@@ -218,6 +218,13 @@ impl Downstream {
                 return Flow::Continue;
             }
         }
+        if tier.is_none() {
+            // The filters after the router take the tier from this header: one
+            // a client sent must not pass for the router's.
+            if let Err(e) = host.set_header(HeaderMap::Request, TIER_HEADER, None) {
+                log::error!("router: {e}");
+            }
+        }
         // A rough size of what this request costs the backend, for usage-based
         // routing: about four bytes per prompt token, plus the completion cap.
         let estimate = (body.len() / 4) as u64 + summary.max_tokens.unwrap_or(0);
@@ -329,6 +336,13 @@ mod tests {
         let host = route(&[], r#"{"model":"auto","messages":[]}"#);
         assert_eq!(host.request_header(MODEL_HEADER), None);
         assert_eq!(host.state().route_cache_clears, 0);
+    }
+
+    #[test]
+    fn a_decision_without_a_tier_drops_a_tier_header_the_client_sent() {
+        let host = route(&[(TIER_HEADER, "fast")], r#"{"model":"llama-70b","messages":[]}"#);
+        assert_eq!(host.request_header(MODEL_HEADER).as_deref(), Some("llama-70b"));
+        assert_eq!(host.request_header(TIER_HEADER), None);
     }
 
     #[test]
