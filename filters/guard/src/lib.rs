@@ -1153,23 +1153,22 @@ impl GuardFilter {
         if !matches!(self.phase, Phase::Passed) {
             return Flow::Continue;
         }
-        // The x-ratelimit-* headers (up to nine) in one write of the map.
-        let changes: Vec<(&str, Option<&str>)> =
-            self.response_headers.iter().map(|(name, value)| (name.as_str(), Some(value.as_str()))).collect();
-        if !changes.is_empty() {
-            if let Err(e) = host.set_headers(HeaderMap::Response, &changes) {
+        for (name, value) in &self.response_headers {
+            if let Err(e) = host.set_header(HeaderMap::Response, name, Some(value)) {
                 log::warn!("guard: {e}");
+                break;
             }
         }
         if self.reservations.is_empty() {
             return Flow::Continue;
         }
-        // One host call for the three headers the settlement reads.
-        let headers = host.headers(HeaderMap::Response).unwrap_or_else(|e| {
-            log::debug!("guard: {e}");
-            Vec::new()
-        });
-        let lookup = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        let lookup = |name: &str| match host.header(HeaderMap::Response, name) {
+            Ok(value) => value,
+            Err(e) => {
+                log::debug!("guard: {e}");
+                None
+            }
+        };
         let status = lookup(":status").and_then(|s| s.parse().ok());
         let content_type = lookup("content-type").unwrap_or_default();
         let encoding = lookup("content-encoding").unwrap_or_default();

@@ -225,10 +225,6 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn set_headers(&self, map: HeaderMap, changes: &[(&str, Option<&str>)]) -> HostResult<()> {
-        changes.iter().try_for_each(|(name, value)| self.set_header(map, name, *value))
-    }
-
     fn body(&self, buffer: BodyBuffer, start: usize, len: usize) -> HostResult<Option<Vec<u8>>> {
         Ok(slice(self.state.borrow().buffer_ref(buffer), start, len))
     }

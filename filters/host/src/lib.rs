@@ -111,10 +111,6 @@ pub trait Host {
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> HostResult<()>;
     /// Appends a header value, keeping existing ones.
     fn add_header(&self, map: HeaderMap, name: &str, value: &str) -> HostResult<()>;
-    /// Applies several `set_header` changes at once. Every host call costs
-    /// about a microsecond crossing into the proxy, so from three changes on
-    /// one read and one write of the whole map are cheaper.
-    fn set_headers(&self, map: HeaderMap, changes: &[(&str, Option<&str>)]) -> HostResult<()>;
 
     /// Bytes `start..start + len` of a buffer (the whole buffer for `len = usize::MAX`).
     fn body(&self, buffer: BodyBuffer, start: usize, len: usize) -> HostResult<Option<Vec<u8>>>;

@@ -88,19 +88,6 @@ impl Host for ProxyWasmHost {
         hostcalls::add_map_value(map_type(map), name, value).map_err(err("add_header"))
     }
 
-    fn set_headers(&self, map: HeaderMap, changes: &[(&str, Option<&str>)]) -> HostResult<()> {
-        // Bytes, so values that are not UTF-8 are written back as they were.
-        let mut pairs = hostcalls::get_map_bytes(map_type(map)).map_err(err("get_headers"))?;
-        for (name, value) in changes {
-            pairs.retain(|(existing, _)| !existing.eq_ignore_ascii_case(name));
-            if let Some(value) = value {
-                pairs.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
-            }
-        }
-        let pairs = pairs.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect();
-        hostcalls::set_map_bytes(map_type(map), pairs).map_err(err("set_headers"))
-    }
-
     fn body(&self, buffer: BodyBuffer, start: usize, len: usize) -> HostResult<Option<Vec<u8>>> {
         hostcalls::get_buffer(buffer_type(buffer), start, len).map_err(err("get_body"))
     }

@@ -718,15 +718,17 @@ impl MeterFilter {
     }
 
     fn usage_headers(&self, host: &dyn Host, outcome: &Outcome) {
-        let (input, output, cost) = (outcome.usage.input.to_string(), outcome.usage.output.to_string(), format_dollars(outcome.cost));
         let headers = [
-            (INPUT_TOKENS_HEADER, Some(input.as_str())),
-            (OUTPUT_TOKENS_HEADER, Some(output.as_str())),
-            (COST_HEADER, Some(cost.as_str())),
-            (USAGE_SOURCE_HEADER, Some(outcome.source.label())),
+            (INPUT_TOKENS_HEADER, outcome.usage.input.to_string()),
+            (OUTPUT_TOKENS_HEADER, outcome.usage.output.to_string()),
+            (COST_HEADER, format_dollars(outcome.cost)),
+            (USAGE_SOURCE_HEADER, outcome.source.label().to_string()),
         ];
-        if let Err(e) = host.set_headers(HeaderMap::Response, &headers) {
-            log::warn!("meter: {e}");
+        for (name, value) in headers {
+            if let Err(e) = host.set_header(HeaderMap::Response, name, Some(&value)) {
+                log::warn!("meter: {e}");
+                return;
+            }
         }
     }
 

@@ -58,10 +58,6 @@ impl Host for Strict {
         self.check(map);
         self.fake.add_header(map, name, value)
     }
-    fn set_headers(&self, map: HeaderMap, changes: &[(&str, Option<&str>)]) -> HostResult<()> {
-        self.check(map);
-        self.fake.set_headers(map, changes)
-    }
     fn body(&self, buffer: BodyBuffer, start: usize, len: usize) -> HostResult<Option<Vec<u8>>> {
         self.fake.body(buffer, start, len)
     }
