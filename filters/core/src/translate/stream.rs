@@ -52,18 +52,7 @@ impl AnthropicToOpenAiStream {
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for event in self.events.push(chunk) {
-            if self.done {
-                break;
-            }
-            match parse(&event) {
-                Some(Ok(data)) => self.on_event(&data, &mut out),
-                Some(Err(e)) => self.fail("api_error", &format!("malformed upstream event: {e}"), &mut out),
-                None => {}
-            }
-        }
-        out
+        translate_chunk(self, chunk)
     }
 
     /// End of the upstream body. After `message_stop` or an error: nothing.
@@ -72,24 +61,10 @@ impl AnthropicToOpenAiStream {
     /// an error chunk, so the client does not take a cut answer for a whole
     /// one, and no `[DONE]`.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // A last event may lack only its blank line; a cut one is dropped.
-        for event in self.events.push(b"\n\n") {
-            if let (false, Some(Ok(data))) = (self.done, parse(&event)) {
-                self.on_event(&data, &mut out);
-            }
-        }
-        if !self.done {
-            if self.finish_reason.is_some() {
-                self.complete(&mut out);
-            } else {
-                self.fail("api_error", CUT_SHORT, &mut out);
-            }
-        }
-        out
+        translate_end(self)
     }
 
-    fn on_event(&mut self, data: &Value, out: &mut Vec<u8>) {
+    fn translate_event(&mut self, data: &Value, out: &mut Vec<u8>) {
         let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
         match data.get("type").and_then(Value::as_str).unwrap_or_default() {
             "message_start" => {
@@ -180,6 +155,25 @@ impl AnthropicToOpenAiStream {
         data_line(&chunk.to_string().into_bytes(), out);
     }
 
+}
+
+impl EventTranslator for AnthropicToOpenAiStream {
+    fn events(&mut self) -> &mut Parser {
+        &mut self.events
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn stopped(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+
+    fn on_event(&mut self, data: &Value, out: &mut Vec<u8>) {
+        self.translate_event(data, out);
+    }
+
     fn complete(&mut self, out: &mut Vec<u8>) {
         if self.include_usage {
             self.write(json!([]), Some(self.usage.to_openai()), out);
@@ -239,18 +233,7 @@ impl OpenAiToAnthropicStream {
     }
 
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for event in self.events.push(chunk) {
-            if self.done {
-                break;
-            }
-            match parse(&event) {
-                Some(Ok(data)) => self.on_data(&data, &mut out),
-                Some(Err(e)) => self.fail("api_error", &format!("malformed upstream event: {e}"), &mut out),
-                None => {}
-            }
-        }
-        out
+        translate_chunk(self, chunk)
     }
 
     /// End of the upstream body. After `[DONE]` or an error: nothing. After
@@ -258,24 +241,10 @@ impl OpenAiToAnthropicStream {
     /// `[DONE]` would have. Earlier: an `error` event, so the client does not
     /// take a cut answer for a whole one.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // A last event may lack only its blank line; a cut one is dropped.
-        for event in self.events.push(b"\n\n") {
-            if let (false, Some(Ok(data))) = (self.done, parse(&event)) {
-                self.on_data(&data, &mut out);
-            }
-        }
-        if !self.done {
-            if self.stop_reason.is_some() {
-                self.complete(&mut out);
-            } else {
-                self.fail("api_error", CUT_SHORT, &mut out);
-            }
-        }
-        out
+        translate_end(self)
     }
 
-    fn on_data(&mut self, data: &Value, out: &mut Vec<u8>) {
+    fn translate_event(&mut self, data: &Value, out: &mut Vec<u8>) {
         if data.as_str() == Some("[DONE]") {
             return self.complete(out);
         }
@@ -380,6 +349,25 @@ impl OpenAiToAnthropicStream {
         }
     }
 
+}
+
+impl EventTranslator for OpenAiToAnthropicStream {
+    fn events(&mut self) -> &mut Parser {
+        &mut self.events
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop_reason.is_some()
+    }
+
+    fn on_event(&mut self, data: &Value, out: &mut Vec<u8>) {
+        self.translate_event(data, out);
+    }
+
     fn complete(&mut self, out: &mut Vec<u8>) {
         self.start(None, out);
         self.close_block(out);
@@ -393,6 +381,52 @@ impl OpenAiToAnthropicStream {
         write_event("error", &anthropic_error(error_type, message), out);
         self.done = true;
     }
+}
+
+/// What the two stream translators share: an upstream event loop that
+/// stops at the first error, and a close for a stream the upstream cut.
+trait EventTranslator {
+    fn events(&mut self) -> &mut Parser;
+    /// Whether the client's stream has ended (completed or failed).
+    fn done(&self) -> bool;
+    /// Whether the upstream said why it stopped, so only its end is missing.
+    fn stopped(&self) -> bool;
+    fn on_event(&mut self, data: &Value, out: &mut Vec<u8>);
+    fn complete(&mut self, out: &mut Vec<u8>);
+    fn fail(&mut self, error_type: &str, message: &str, out: &mut Vec<u8>);
+}
+
+fn translate_chunk(translator: &mut impl EventTranslator, chunk: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in translator.events().push(chunk) {
+        if translator.done() {
+            break;
+        }
+        match parse(&event) {
+            Some(Ok(data)) => translator.on_event(&data, &mut out),
+            Some(Err(e)) => translator.fail("api_error", &format!("malformed upstream event: {e}"), &mut out),
+            None => {}
+        }
+    }
+    out
+}
+
+fn translate_end(translator: &mut impl EventTranslator) -> Vec<u8> {
+    let mut out = Vec::new();
+    // A last event may lack only its blank line; a cut one is dropped.
+    for event in translator.events().push(b"\n\n") {
+        if let (false, Some(Ok(data))) = (translator.done(), parse(&event)) {
+            translator.on_event(&data, &mut out);
+        }
+    }
+    if !translator.done() {
+        if translator.stopped() {
+            translator.complete(&mut out);
+        } else {
+            translator.fail("api_error", CUT_SHORT, &mut out);
+        }
+    }
+    out
 }
 
 /// An event's data as JSON (`[DONE]` as a JSON string); `None` for an event
