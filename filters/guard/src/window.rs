@@ -4,8 +4,7 @@
 //! calendar months in UTC, named in the descriptor under the service's year.
 
 use crate::config::Window;
-
-const DAY: i64 = 86_400;
+use tollgate_ratelimit_proto::windows::{self, civil_from_days, days_from_civil, DAY};
 
 /// Seconds in a fixed window (`None` for the calendar year and month).
 pub fn fixed_seconds(window: Window) -> Option<i64> {
@@ -35,13 +34,12 @@ pub struct Span {
 
 pub fn span(window: Window, now: i64) -> Span {
     if let Some(length) = fixed_seconds(window) {
-        let end = (now.div_euclid(length) + 1) * length;
-        return Span { label: None, resets_at: end };
+        return Span { label: None, resets_at: windows::fixed(length, now).end };
+    }
+    if window == Window::Year {
+        return Span { label: None, resets_at: windows::calendar_year(now).end };
     }
     let (year, month, _) = civil_from_days(now.div_euclid(DAY));
-    if window == Window::Year {
-        return Span { label: None, resets_at: days_from_civil(year + 1, 1, 1) * DAY };
-    }
     let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
     Span {
         label: Some(format!("{year:04}-{month:02}")),
@@ -49,47 +47,9 @@ pub fn span(window: Window, now: i64) -> Span {
     }
 }
 
-/// (year, month, day) of a day number counted from 1970-01-01
-/// (H. Hinnant's `civil_from_days`).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, u32::try_from(month).unwrap_or(1), u32::try_from(day).unwrap_or(1))
-}
-
-/// Day number (from 1970-01-01) of a date (H. Hinnant's `days_from_civil`).
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let month = i64::from(month);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates_round_trip() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
-        assert_eq!(days_from_civil(2024, 2, 29) + 1, days_from_civil(2024, 3, 1));
-        for days in (-800_000..800_000).step_by(997) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
-        }
-    }
 
     #[test]
     fn fixed_windows_match_the_service() {

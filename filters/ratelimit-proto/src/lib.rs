@@ -7,9 +7,14 @@
 //!
 //! `google.protobuf.UInt64Value` fields are `Option<u64>` and `Duration` is
 //! `prost_types::Duration`, as prost maps the well-known types.
+//!
+//! [`windows`] is the other half of the contract between the service and the
+//! guard: the time windows each unit is counted in.
 
 pub use prost;
 pub use prost_types;
+
+pub mod windows;
 
 #[allow(clippy::all, missing_docs)]
 pub mod envoy {

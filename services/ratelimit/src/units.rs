@@ -7,6 +7,8 @@
 //! turns mid-month (a 365-day window turns on some other day each year, such as
 //! 2026-12-18).
 
+pub use tollgate_ratelimit_proto::windows::Window;
+use tollgate_ratelimit_proto::windows::{self, DAY};
 use tollgate_ratelimit_proto::Unit as ProtoUnit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,20 +80,8 @@ impl Unit {
     /// The window holding `now` (Unix seconds).
     pub fn window(self, now: i64) -> Window {
         match self.fixed_seconds() {
-            Some(length) => {
-                let start = now.div_euclid(length) * length;
-                Window {
-                    start,
-                    end: start.saturating_add(length),
-                }
-            }
-            None => {
-                let year = year_of_day(now.div_euclid(DAY));
-                Window {
-                    start: new_year_day(year).saturating_mul(DAY),
-                    end: new_year_day(year + 1).saturating_mul(DAY),
-                }
-            }
+            Some(length) => windows::fixed(length, now),
+            None => windows::calendar_year(now),
         }
     }
 
@@ -99,46 +89,6 @@ impl Unit {
     pub fn until_reset(self, now: i64) -> i64 {
         self.window(now).end - now
     }
-}
-
-/// A window in Unix seconds: it holds `start <= t < end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub start: i64,
-    pub end: i64,
-}
-
-impl Window {
-    /// Its length: 365 or 366 days for a year.
-    pub fn seconds(self) -> i64 {
-        self.end - self.start
-    }
-}
-
-const DAY: i64 = 86_400;
-
-/// Days from 0001-01-01 to 1970-01-01 in the proleptic Gregorian calendar.
-const DAYS_FROM_YEAR_ONE_TO_EPOCH: i64 = 719_162;
-
-/// Days from 1970-01-01 to 1 January of `year` (proleptic Gregorian calendar).
-fn new_year_day(year: i64) -> i64 {
-    let years_before = year - 1;
-    365 * years_before + years_before.div_euclid(4) - years_before.div_euclid(100)
-        + years_before.div_euclid(400)
-        - DAYS_FROM_YEAR_ONE_TO_EPOCH
-}
-
-/// The calendar year holding `day` (days from 1970-01-01).
-fn year_of_day(day: i64) -> i64 {
-    // 400 Gregorian years are 146,097 days: an estimate at most a year off.
-    let mut year = 1970 + day.saturating_mul(400).div_euclid(146_097);
-    while new_year_day(year) > day {
-        year -= 1;
-    }
-    while new_year_day(year + 1) <= day {
-        year += 1;
-    }
-    year
 }
 
 #[cfg(test)]
@@ -196,19 +146,6 @@ mod tests {
             year(4_102_444_800, 4_133_980_800)
         );
         assert_eq!(Unit::Year.window(-1), year(-365 * DAY, 0));
-    }
-
-    #[test]
-    fn new_years_follow_the_gregorian_leap_rule() {
-        let is_leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-        let mut day = new_year_day(1600);
-        for y in 1600..2500 {
-            assert_eq!(new_year_day(y), day, "{y}");
-            assert_eq!(year_of_day(day), y);
-            assert_eq!(year_of_day(day - 1), y - 1);
-            day += if is_leap(y) { 366 } else { 365 };
-        }
-        assert_eq!(new_year_day(1970), 0);
     }
 
     #[test]
