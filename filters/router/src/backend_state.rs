@@ -96,18 +96,20 @@ pub fn attempt_finished(host: &dyn Host, backend: &str, failed: bool, ttfb_us: O
         // Exponential moving average, weight 1/8 for the new sample.
         update(host, &key(backend, "ttfb_us"), |avg| if avg == 0 { sample.max(1) } else { (avg * 7 + sample) / 8 });
     }
-    let failures_key = key(backend, "failures");
+    // Failures are counted per clock minute, so a success writes nothing:
+    // shared data is read and written only when attempts fail.
     if !failed {
-        update(host, &failures_key, |_| 0);
         return;
     }
+    let now = now_secs(host);
+    let failures_key = key(backend, &format!("failures.{}", now / 60));
     update(host, &failures_key, |n| n + 1);
     let (threshold, seconds) = cooldown;
     if read(host, &failures_key).0 >= i64::from(threshold) {
-        let until = now_secs(host).saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX));
+        let until = now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX));
         update(host, &key(backend, "cooldown_until"), |_| until);
         update(host, &failures_key, |_| 0);
-        log::warn!("router: backend {backend} failed {threshold} times in a row; cooling down for {seconds}s");
+        log::warn!("router: backend {backend} failed {threshold} times this minute; cooling down for {seconds}s");
     }
 }
 
@@ -158,18 +160,24 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_failures_start_a_cool_down_that_expires() {
+    fn failures_within_a_minute_start_a_cool_down_that_expires() {
         let host = FakeHost::new();
-        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1000));
+        let cooling = |host: &FakeHost| snapshot(host, "a", Strategy::SimpleShuffle, now_secs(host)).cooling_down;
+        // Two failures late in one minute and one early in the next: no cool-down.
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1018));
         attempt_finished(&host, "a", true, None, (3, 30));
         attempt_finished(&host, "a", true, None, (3, 30));
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1021));
+        attempt_finished(&host, "a", true, None, (3, 30));
+        assert!(!cooling(&host));
+        // A success in between neither counts nor touches shared data.
+        let keys = host.state().shared_data.len();
         attempt_finished(&host, "a", false, None, (3, 30));
+        assert_eq!(host.state().shared_data.len(), keys);
         attempt_finished(&host, "a", true, None, (3, 30));
-        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)).cooling_down, "a success resets the count");
         attempt_finished(&host, "a", true, None, (3, 30));
-        attempt_finished(&host, "a", true, None, (3, 30));
-        assert!(snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)).cooling_down);
-        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1031));
-        assert!(!snapshot(&host, "a", Strategy::SimpleShuffle, now_secs(&host)).cooling_down);
+        assert!(cooling(&host), "three failures in one minute");
+        host.state().now = Some(UNIX_EPOCH + Duration::from_secs(1052));
+        assert!(!cooling(&host), "the cool-down expires");
     }
 }

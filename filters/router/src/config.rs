@@ -172,7 +172,8 @@ pub enum ConflictPolicy {
 #[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
 pub struct CooldownConfig {
-    /// Consecutive failed attempts (429, 5xx, reset) that put a backend in cool-down.
+    /// Failed attempts (429, 5xx) within one clock minute that put a backend
+    /// in cool-down (LiteLLM's `allowed_fails` per minute).
     pub failures: u32,
     pub seconds: u64,
 }

@@ -38,9 +38,10 @@ pub const CLIENT_TIER_HEADER: &str = "x-model-tier";
 pub const STATE_MODEL: &str = "tollgate_model";
 pub const STATE_BACKEND: &str = "tollgate_backend";
 pub const STATE_TIER: &str = "tollgate_tier";
-/// The model the client's body names, so a first attempt that changes
-/// nothing need not hold and re-read the body.
-pub const STATE_REQUESTED_MODEL: &str = "tollgate_requested_model";
+/// Everything the per-attempt half needs from the decision, in one value
+/// (see [`Handoff`]): each value a filter reads costs a call back into the
+/// VM to allocate it, so one read per attempt, not three.
+pub const STATE_HANDOFF: &str = "tollgate_route";
 /// Response headers telling the client which backend answered, after how many tries.
 pub const RESPONSE_BACKEND_HEADER: &str = "x-tollgate-backend";
 pub const RESPONSE_ATTEMPTS_HEADER: &str = "x-tollgate-attempts";
@@ -68,7 +69,7 @@ impl FilterFactory for RouterFactory {
         if self.upstream {
             RouterFilter::Upstream(Box::new(upstream::Attempt::new(routing)))
         } else {
-            RouterFilter::Downstream(Downstream { routing, random: Rc::clone(&self.random), chosen: None })
+            RouterFilter::Downstream(Downstream { routing, random: Rc::clone(&self.random), chosen: None, client: None })
         }
     }
 }
@@ -135,15 +136,83 @@ pub struct Downstream {
     random: Rc<SplitMix>,
     /// The backend this request was counted against (for least-busy).
     chosen: Option<String>,
+    client: Option<ClientHeaders>,
+}
+
+/// The request headers the decision depends on, read in one host call.
+#[derive(Debug, Default)]
+struct ClientHeaders {
+    content_length: Option<usize>,
+    path: String,
+    tier: Option<String>,
+    team: Option<String>,
+    /// Whether the client sent any of the decision headers itself.
+    decision_headers: bool,
+}
+
+impl ClientHeaders {
+    fn read(host: &dyn Host, team_header: &str) -> Self {
+        let pairs = match host.headers(HeaderMap::Request) {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                log::error!("router: {e}");
+                return Self::default();
+            }
+        };
+        let mut client = Self::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                "content-length" => client.content_length = value.parse().ok(),
+                ":path" => client.path = value,
+                CLIENT_TIER_HEADER => client.tier = Some(value),
+                MODEL_HEADER | BACKEND_HEADER | TIER_HEADER => client.decision_headers = true,
+                other if other == team_header => client.team = Some(value),
+                _ => {}
+            }
+        }
+        client
+    }
+}
+
+/// The decision as the per-attempt half reads it from [`STATE_HANDOFF`]:
+/// the client's path (every attempt shares one header map, so a rewritten
+/// `:path` is not the client's), the decided group, and the model the
+/// client's body names (a first attempt that changes nothing then need not
+/// hold and re-read the body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    pub client_path: String,
+    pub group: String,
+    pub requested_model: String,
+}
+
+impl Handoff {
+    /// Lines in a fixed order; the client's model, which may hold anything,
+    /// goes last.
+    pub fn encode(&self) -> String {
+        format!("{}\n{}\n{}", self.client_path, self.group, self.requested_model)
+    }
+
+    pub fn decode(value: &str) -> Option<Self> {
+        let mut lines = value.splitn(3, '\n');
+        Some(Self {
+            client_path: lines.next()?.to_string(),
+            group: lines.next()?.to_string(),
+            requested_model: lines.next()?.to_string(),
+        })
+    }
 }
 
 impl Downstream {
     fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        let client = ClientHeaders::read(host, &self.routing.team_header);
         if end_of_stream {
-            return leave_to_default_route(host);
+            return leave_to_default_route(host, client.decision_headers);
         }
-        let declared = header(host, "content-length").and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > self.routing.max_body_bytes) {
+        let too_large = client.content_length.is_some_and(|len| len > self.routing.max_body_bytes);
+        // Kept for the body's callback: one read of the headers per request.
+        self.client = Some(client);
+        if too_large {
             self.reply_too_large(host);
             return Flow::Pause;
         }
@@ -176,13 +245,12 @@ impl Downstream {
                 return Flow::Pause;
             }
         };
-        let tier = header(host, CLIENT_TIER_HEADER);
-        let team = header(host, &self.routing.team_header);
-        let ask = Ask { tier: tier.as_deref(), model: summary.model.as_deref(), team: team.as_deref() };
         let routing = Rc::clone(&self.routing);
+        let client = self.client.take().unwrap_or_else(|| ClientHeaders::read(host, &routing.team_header));
+        let ask = Ask { tier: client.tier.as_deref(), model: summary.model.as_deref(), team: client.team.as_deref() };
         let (group, tier, pinned) = match resolve(&routing, ask) {
             Ok(Resolution::Group { group, tier, pinned }) => (group, tier, pinned),
-            Ok(Resolution::Default) => return leave_to_default_route(host),
+            Ok(Resolution::Default) => return leave_to_default_route(host, client.decision_headers),
             Err(e) => {
                 let (status, error_type, code) = e.status();
                 reply_error(host, status, &e.message(), error_type, code);
@@ -202,7 +270,12 @@ impl Downstream {
                 }
             }
         };
-        if let Err(e) = host.set_property(&[STATE_REQUESTED_MODEL], summary.model.as_deref().unwrap_or_default().as_bytes()) {
+        let handoff = Handoff {
+            client_path: client.path,
+            group: group.name.clone(),
+            requested_model: summary.model.clone().unwrap_or_default(),
+        };
+        if let Err(e) = host.set_property(&[STATE_HANDOFF], handoff.encode().as_bytes()) {
             log::warn!("router: {e}");
         }
         let mut decision = vec![(MODEL_HEADER, STATE_MODEL, group.name.as_str()), (BACKEND_HEADER, STATE_BACKEND, backend.as_str())];
@@ -246,26 +319,20 @@ impl Downstream {
 /// A request the router leaves undecided goes by the tier header or the
 /// default split: decision headers the client sent itself must not pick a
 /// route (or a backend) for it, so they go, and Envoy routes again.
-fn leave_to_default_route(host: &dyn Host) -> Flow {
-    let mut dropped = false;
+fn leave_to_default_route(host: &dyn Host, client_sent_decision_headers: bool) -> Flow {
+    if !client_sent_decision_headers {
+        return Flow::Continue;
+    }
     for name in [MODEL_HEADER, BACKEND_HEADER, TIER_HEADER] {
-        if header(host, name).is_some() {
-            match host.set_header(HeaderMap::Request, name, None) {
-                Ok(()) => dropped = true,
-                Err(e) => log::error!("router: {e}"),
-            }
+        if let Err(e) = host.set_header(HeaderMap::Request, name, None) {
+            log::error!("router: {e}");
+            return Flow::Continue;
         }
     }
-    if dropped {
-        if let Err(e) = host.clear_route_cache() {
-            log::error!("router: {e}");
-        }
+    if let Err(e) = host.clear_route_cache() {
+        log::error!("router: {e}");
     }
     Flow::Continue
-}
-
-fn header(host: &dyn Host, name: &str) -> Option<String> {
-    host.header(HeaderMap::Request, name).ok().flatten()
 }
 
 fn reply_error(host: &dyn Host, status: u32, message: &str, error_type: &str, code: &str) {
@@ -312,7 +379,7 @@ mod tests {
 
     #[test]
     fn publishes_the_decision_and_reroutes() {
-        let host = route(&[], r#"{"model":"gpt4","messages":[]}"#);
+        let host = route(&[(":path", "/v1/chat/completions")], r#"{"model":"gpt4","messages":[]}"#);
         assert_eq!(host.request_header(MODEL_HEADER).as_deref(), Some("gpt-4-turbo"), "alias resolved");
         assert_eq!(host.request_header(BACKEND_HEADER).as_deref(), Some("openai"));
         assert_eq!(host.request_header(TIER_HEADER), None);
@@ -321,6 +388,8 @@ mod tests {
         let state = |key: &str| host.state().properties.get(&vec![key.to_string()]).cloned();
         assert_eq!(state(STATE_MODEL).as_deref(), Some(&b"gpt-4-turbo"[..]));
         assert_eq!(state(STATE_BACKEND).as_deref(), Some(&b"openai"[..]));
+        let handoff = state(STATE_HANDOFF).and_then(|v| Handoff::decode(std::str::from_utf8(&v).ok()?)).unwrap();
+        assert_eq!((handoff.client_path.as_str(), handoff.group.as_str(), handoff.requested_model.as_str()), ("/v1/chat/completions", "gpt-4-turbo", "gpt4"));
     }
 
     #[test]

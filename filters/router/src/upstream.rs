@@ -4,7 +4,7 @@
 
 use crate::config::{Backend, Provider, Routing};
 use crate::translation::{ClientAsk, Direction, ResponseTranslator};
-use crate::{backend_state, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_MODEL, STATE_REQUESTED_MODEL};
+use crate::{backend_state, Handoff, RESPONSE_ATTEMPTS_HEADER, RESPONSE_BACKEND_HEADER, STATE_HANDOFF};
 use crate::config::{ModelGroup, Strategy};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,8 +20,9 @@ pub struct Attempt {
     routing: Rc<Routing>,
     /// Backend this attempt reached, when the endpoint says.
     backend: Option<String>,
-    /// The model group the downstream half decided on (read once).
-    group: Option<String>,
+    /// The downstream half's decision (read once); none on a request it
+    /// left to the default route.
+    handoff: Option<Handoff>,
     attempt: String,
     started: Option<SystemTime>,
     /// Whether the request headers are held for the body. Once they have
@@ -41,7 +42,7 @@ impl Attempt {
         Self {
             routing,
             backend: None,
-            group: None,
+            handoff: None,
             attempt: "1".to_string(),
             started: None,
             holding_headers: false,
@@ -67,21 +68,20 @@ impl Attempt {
                 None
             }
         };
-        self.group = state(host, STATE_MODEL);
+        self.handoff = state(host, STATE_HANDOFF).and_then(|value| Handoff::decode(&value));
         if self.latency_based() {
             self.started = Some(host.now());
         }
         let Some(config) = self.backend_config() else {
             return Flow::Continue;
         };
-        let path = header(host, ":path").unwrap_or_default();
-        let translating = Direction::between(&path, config.provider).is_some();
+        let translating = Direction::between(&self.client_path(host), config.provider).is_some();
         if end_of_stream {
             self.rewrite_headers(host);
             return Flow::Continue;
         }
-        if !translating && self.body_names_target_model(host) {
-            if self.attempt == "1" {
+        if !translating && self.body_names_target_model() {
+            if !self.retrying() {
                 // Nothing in the body changes, and no earlier attempt changed
                 // its content-length: headers and body go on as they are.
                 self.rewrite_headers(host);
@@ -101,8 +101,22 @@ impl Attempt {
 
     /// Whether the body already names the model this backend knows the
     /// decided group by (the common case: no rewrite).
-    fn body_names_target_model(&self, host: &dyn Host) -> bool {
-        self.target_model().is_some_and(|target| state(host, STATE_REQUESTED_MODEL).is_some_and(|requested| requested == target))
+    fn body_names_target_model(&self) -> bool {
+        let requested = self.handoff.as_ref().map(|h| h.requested_model.as_str());
+        self.target_model().is_some_and(|target| requested == Some(target.as_str()))
+    }
+
+    /// The path the client asked for: from the decision, since all tries
+    /// share one header map and an earlier try may have rewritten `:path`.
+    fn client_path(&self, host: &dyn Host) -> String {
+        match &self.handoff {
+            Some(handoff) => handoff.client_path.clone(),
+            None => header(host, ":path").unwrap_or_default(),
+        }
+    }
+
+    fn retrying(&self) -> bool {
+        self.attempt != "1"
     }
 
     fn latency_based(&self) -> bool {
@@ -110,7 +124,7 @@ impl Attempt {
     }
 
     fn decided_group(&self) -> Option<&ModelGroup> {
-        self.routing.group(self.group.as_deref()?)
+        self.routing.group(&self.handoff.as_ref()?.group)
     }
 
     /// The model id the reached backend knows the decided group by.
@@ -228,8 +242,7 @@ impl Attempt {
             .and_then(|group| self.routing.model_for_backend(group, backend))
             .unwrap_or(requested.as_str())
             .to_string();
-        let path = header(host, ":path").unwrap_or_default();
-        if let Some(direction) = Direction::between(&path, provider) {
+        if let Some(direction) = Direction::between(&self.client_path(host), provider) {
             let translated = match direction {
                 Direction::ChatToMessages => openai_chat_to_anthropic(body, &target, DEFAULT_MAX_TOKENS),
                 Direction::MessagesToChat => anthropic_to_openai_chat(body, &target),
@@ -251,7 +264,7 @@ impl Attempt {
     fn reply_untranslatable(&self, host: &dyn Host, message: &str) {
         let backend = self.backend.as_deref().unwrap_or_default();
         let body = openai_error_body(&format!("backend {backend} cannot serve this request: {message}"), "invalid_request_error", Some("untranslatable_request"));
-        let client_speaks_anthropic = header(host, ":path").is_some_and(|p| p.starts_with(crate::translation::ANTHROPIC_MESSAGES_PATH));
+        let client_speaks_anthropic = self.client_path(host).starts_with(crate::translation::ANTHROPIC_MESSAGES_PATH);
         let body = if client_speaks_anthropic { openai_error_to_anthropic(&body, 400) } else { body };
         if let Err(e) = host.send_local_reply(400, &[("content-type", "application/json")], &body) {
             log::error!("router upstream: {e}");
@@ -267,8 +280,11 @@ impl Attempt {
             // The response is rewritten, so it must arrive uncompressed.
             set(host, HeaderMap::Request, "accept-encoding", Some("identity"));
             set(host, HeaderMap::Request, "content-type", Some("application/json"));
-        } else if !backend.path_prefix.is_empty() {
-            if let Some(path) = header(host, ":path") {
+        } else if !backend.path_prefix.is_empty() || self.retrying() {
+            // A retry restates the client's path: an earlier try may have
+            // rewritten it for another backend.
+            let path = self.client_path(host);
+            if !path.is_empty() {
                 set(host, HeaderMap::Request, ":path", Some(&format!("{}{path}", backend.path_prefix)));
             }
         }
@@ -277,6 +293,11 @@ impl Attempt {
         }
         if let Some(authority) = &backend.authority {
             set(host, HeaderMap::Request, ":authority", Some(authority));
+        }
+        if backend.api_key.is_none() && self.retrying() {
+            // An earlier try may have put another backend's key here.
+            set(host, HeaderMap::Request, "authorization", None);
+            set(host, HeaderMap::Request, "x-api-key", None);
         }
         if let Some(key) = &backend.api_key {
             // The backend's own credential replaces whatever the client sent
@@ -330,8 +351,10 @@ mod tests {
             let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
             host.state().properties.insert(path, backend.as_bytes().to_vec());
         }
-        if let Some((_, model)) = headers.iter().find(|(name, _)| *name == MODEL_HEADER) {
-            host.state().properties.insert(vec![STATE_MODEL.to_string()], model.as_bytes().to_vec());
+        if let Some((_, group)) = headers.iter().find(|(name, _)| *name == MODEL_HEADER) {
+            let path = headers.iter().find(|(name, _)| *name == ":path").map_or("/v1/chat/completions", |(_, path)| path);
+            let requested = serde_json::from_str::<serde_json::Value>(body).ok().and_then(|json| json["model"].as_str().map(str::to_string));
+            handoff(&host, path, group, &requested.unwrap_or_default());
         }
         let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
         let flow = filter.on_request_headers(&host, body.is_empty());
@@ -340,6 +363,12 @@ mod tests {
             assert_eq!(filter.on_request_body(&host, body.len(), true), Flow::Continue);
         }
         (host, filter)
+    }
+
+    /// The downstream half's decision, as it leaves it for the attempts.
+    fn handoff(host: &FakeHost, client_path: &str, group: &str, requested_model: &str) {
+        let handoff = Handoff { client_path: client_path.into(), group: group.into(), requested_model: requested_model.into() };
+        host.state().properties.insert(vec![STATE_HANDOFF.to_string()], handoff.encode().into_bytes());
     }
 
     fn body_model(host: &FakeHost) -> String {
@@ -375,9 +404,8 @@ mod tests {
     fn a_first_attempt_that_changes_nothing_does_not_hold_the_body() {
         let host = FakeHost::with_request(&[(MODEL_HEADER, "llama-8b"), ("content-length", "36"), ("x-envoy-attempt-count", "1")], b"");
         let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
-        for (key, value) in [(path, "vllm-8b"), (vec![STATE_MODEL.to_string()], "llama-8b"), (vec![STATE_REQUESTED_MODEL.to_string()], "llama-8b")] {
-            host.state().properties.insert(key, value.as_bytes().to_vec());
-        }
+        host.state().properties.insert(path, b"vllm-8b".to_vec());
+        handoff(&host, "/v1/chat/completions", "llama-8b", "llama-8b");
         let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
         assert_eq!(filter.on_request_headers(&host, false), Flow::Continue);
         assert_eq!(host.request_header("content-length").as_deref(), Some("36"), "as the downstream filters left it");
@@ -393,7 +421,6 @@ mod tests {
         // A previous attempt to another backend left a longer length behind.
         let headers = [(MODEL_HEADER, "llama-8b"), ("content-length", "99"), ("x-envoy-attempt-count", "2")];
         let host = FakeHost::with_request(&headers, body.as_bytes());
-        host.state().properties.insert(vec![STATE_REQUESTED_MODEL.to_string()], b"llama-8b".to_vec());
         let (host, _) = attempt_on(host, Some("vllm-8b"), &headers, body);
         assert_eq!(host.state().request_body, body.as_bytes());
         assert_eq!(host.request_header("content-length"), Some(body.len().to_string()));
@@ -439,7 +466,7 @@ mod tests {
         let host = FakeHost::with_request(&headers, body.as_bytes());
         let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
         host.state().properties.insert(path, b"anthropic".to_vec());
-        host.state().properties.insert(vec![STATE_MODEL.to_string()], b"claude".to_vec());
+        handoff(&host, "/v1/chat/completions", "claude", "claude");
         let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
         filter.on_request_headers(&host, false);
         assert_eq!(filter.on_request_body(&host, body.len(), true), Flow::Pause);
@@ -447,6 +474,37 @@ mod tests {
         assert_eq!(reply.status, 400);
         let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(json["error"]["code"], "untranslatable_request");
+    }
+
+    #[test]
+    fn a_retry_after_a_translated_try_speaks_the_clients_api_again() {
+        // The first try reached Anthropic and rewrote the shared header map
+        // for it; the retry reaches an OpenAI-compatible backend.
+        let body = r#"{"model":"llama-70b","messages":[{"role":"user","content":"hi"}]}"#;
+        let headers = [
+            (MODEL_HEADER, "llama-70b"),
+            (":path", "/v1/messages"),
+            ("x-api-key", "anthropic-secret"),
+            ("x-envoy-attempt-count", "2"),
+        ];
+        let host = FakeHost::with_request(&headers, body.as_bytes());
+        handoff(&host, "/v1/chat/completions", "llama-70b", "llama-70b");
+        let path = super::REACHED_BACKEND.iter().map(|s| (*s).to_string()).collect();
+        host.state().properties.insert(path, b"vllm-70b".to_vec());
+        let mut filter = factory(ROOT_ID_UPSTREAM).new_filter();
+        assert_eq!(filter.on_request_headers(&host, false), Flow::Pause);
+        assert_eq!(filter.on_request_body(&host, body.len(), true), Flow::Continue);
+        assert_eq!(host.request_header(":path").as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(body_model(&host), "meta-llama/Llama-3.1-70B", "a chat body, not translated");
+        assert_eq!(host.request_header("x-api-key"), None, "the other backend's key is gone");
+        assert_eq!(host.request_header("authorization"), None);
+    }
+
+    #[test]
+    fn handoff_round_trips_a_model_name_with_newlines() {
+        let handoff = Handoff { client_path: "/v1/messages".into(), group: "claude".into(), requested_model: "a\nb".into() };
+        assert_eq!(Handoff::decode(&handoff.encode()), Some(handoff));
+        assert_eq!(Handoff::decode("only-a-path"), None);
     }
 
     #[test]
