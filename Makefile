@@ -76,6 +76,7 @@ test: deps build lint test-native test-wasm test-envoy-configs test-e2e
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(WASM_CRATES) -- -D warnings
+	cargo clippy --target $(WASM_TARGET) -p tollgate-host --features call-timing -- -D warnings
 
 test-native:
 	cargo test --workspace
@@ -108,6 +109,7 @@ $(OHA):
 
 bench: build envoy $(OHA)
 	cargo build --release --target $(WASM_TARGET) -p tollgate-bench-floor
+	cargo build --profile call-timing --target $(WASM_TARGET) $(WASM_CRATES) --features call-timing
 	$(PYTHON) tests/bench/bench.py --oha $(OHA) --out bench-results.md
 
 clean:

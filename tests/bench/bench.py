@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from harness import gateway_bootstrap, start_envoy_variant, start_gateway, variant_config  # noqa: E402
 from floor import ENVOY_RATELIMIT, FLOORS, envoy_ratelimit_bootstrap, floor_bootstrap  # noqa: E402
+from host_calls import CONTEXTS_PER_REQUEST, host_call_table  # noqa: E402
 
 BODY = json.dumps({"model": "llama-70b", "max_tokens": 16,
                    "messages": [{"role": "user", "content": "Summarise the benefits of an AI gateway in one line."}]})
@@ -160,6 +161,10 @@ def main() -> int:
         first_byte = []
         if args.stream_requests:
             first_byte = stream_first_byte(targets, ["plain Envoy", "meter", "all filters"], args.stream_requests)
+        timed = {label: (filters, gateway_bootstrap(gateways[label]), work / f"timed-{filters}")
+                 for label, filters in GATEWAYS.items() if filters in CONTEXTS_PER_REQUEST}
+        host_calls = host_call_table(args.oha, timed, args.seconds,
+                                     lambda oha, url, pid: load(oha, url, 16, args.seconds, pid))
     finally:
         for variant in variants.values():
             variant.stop()
@@ -192,6 +197,7 @@ def main() -> int:
                          f"{median(label, concurrency, 'p99_ms'):.2f} | {rps / base:.2f}× | "
                          f"{median(label, concurrency, 'cpu_us_per_req'):.0f} | {errors} |")
     lines += first_byte
+    lines += host_calls
     report = "\n".join(lines) + "\n"
     Path(args.out).write_text(report)
     print("\n" + report)

@@ -74,6 +74,11 @@ fn action(flow: Flow) -> Action {
 }
 
 impl<T: HttpFilter> Context for Stream<T> {
+    fn on_done(&mut self) -> bool {
+        crate::call_timing::context_done();
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         self.filter.on_http_call_response(&ProxyWasmHost, token, body_size);
     }

@@ -10,6 +10,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "proxy-wasm")]
+pub mod call_timing;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 #[cfg(feature = "proxy-wasm")]
