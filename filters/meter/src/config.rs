@@ -27,9 +27,13 @@ pub struct MeterConfig {
     /// Request header naming the caller's team (set by the guard).
     #[serde(default = "default_team_header")]
     pub team_header: String,
-    /// Request header naming the tier.
+    /// Request header naming the tier the client asked for.
     #[serde(default = "default_tier_header")]
     pub tier_header: String,
+    /// Request header with the tier the router decided (it drops any a
+    /// client sent); when absent, `tier_header`.
+    #[serde(default = "default_decided_tier_header")]
+    pub decided_tier_header: String,
     /// Request header with the model the router resolved (aliases, tiers);
     /// when absent, the body's `model`.
     #[serde(default = "default_model_header")]
@@ -77,6 +81,9 @@ fn default_team_header() -> String {
 }
 fn default_tier_header() -> String {
     "x-model-tier".into()
+}
+fn default_decided_tier_header() -> String {
+    "x-ai-tier".into()
 }
 fn default_model_header() -> String {
     "x-ai-model".into()
@@ -183,6 +190,7 @@ pub struct Compiled {
     pub tiers: LabelSet,
     pub team_header: String,
     pub tier_header: String,
+    pub decided_tier_header: String,
     pub model_header: String,
     pub backend_header: String,
     pub key_headers: Vec<String>,
@@ -239,6 +247,7 @@ impl MeterConfig {
             tiers,
             team_header: header_name("team_header", &self.team_header)?,
             tier_header: header_name("tier_header", &self.tier_header)?,
+            decided_tier_header: header_name("decided_tier_header", &self.decided_tier_header)?,
             model_header: header_name("model_header", &self.model_header)?,
             backend_header: header_name("backend_header", &self.backend_header)?,
             key_headers: self.key_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),

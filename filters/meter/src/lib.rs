@@ -47,12 +47,11 @@ pub const CACHE_PROPERTY: &str = "tollgate.cache_status";
 /// Response header carrying the cache status, as the guard sets it.
 pub const CACHE_HEADER: &str = "x-tollgate-cache";
 
-/// The router's decision, as filter state (its headers are for the route
-/// table and may be gone): the resolved model group, the chosen backend and
-/// tier. The meter prefers these to its configured headers.
+/// The router's decision as filter state: the resolved model group and the
+/// chosen backend, read only when its headers are not there (each read is a
+/// host call; the headers come with the one read of the request headers).
 pub const ROUTER_MODEL_PROPERTY: &str = "tollgate_model";
 pub const ROUTER_BACKEND_PROPERTY: &str = "tollgate_backend";
-pub const ROUTER_TIER_PROPERTY: &str = "tollgate_tier";
 
 /// Response headers on non-streamed responses.
 pub const INPUT_TOKENS_HEADER: &str = "x-tollgate-input-tokens";
@@ -489,12 +488,11 @@ impl MeterFilter {
         }
     }
 
-    /// The backend the router chose, else the Envoy cluster.
+    /// Without a backend from the router (looked for with the request
+    /// headers), the Envoy cluster.
     fn find_backend(&mut self, host: &dyn Host) {
         if self.backend.is_none() {
-            self.backend = property_string(host, ROUTER_BACKEND_PROPERTY)
-                .or_else(|| self.request_header(host, &self.config().backend_header))
-                .or_else(|| property_string(host, "cluster_name"));
+            self.backend = property_string(host, "cluster_name");
         }
     }
 
@@ -696,10 +694,6 @@ impl MeterFilter {
         if self.outcome.is_some() {
             return;
         }
-        if self.model.is_none() {
-            self.model = property_string(host, ROUTER_MODEL_PROPERTY)
-                .or_else(|| self.request_header(host, &self.config().model_header));
-        }
         let config = self.config();
         let model = config.models.find(self.model.as_deref().unwrap_or_default());
         let (usage, source) = if !self.successful() || self.cache == Cache::Hit || self.api == Api::Other {
@@ -833,7 +827,7 @@ impl MeterFilter {
         self.api = Api::from_path(headers.get(":path").unwrap_or_default());
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
-        let tier = property_string(host, ROUTER_TIER_PROPERTY).or_else(|| headers.owned(&config.tier_header));
+        let tier = headers.owned(&config.decided_tier_header).or_else(|| headers.owned(&config.tier_header));
         self.tier = config.tier(tier.as_deref());
         self.team_at_request = headers.owned(&config.team_header);
         self.key_id = config.key_headers.iter().find_map(|name| headers.get(name)).map(|key| {

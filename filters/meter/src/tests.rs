@@ -591,11 +591,13 @@ fn a_team_set_after_the_meter_is_read_in_the_log_phase() {
 #[test]
 fn the_routers_decision_is_read_from_its_headers_else_its_filter_state() {
     // From the router's headers when it published them (it drops any a client
-    // sent), else from its filter state.
-    for decision_headers in [&[("x-ai-model", "llama-70b"), ("x-ai-backend", "vllm-70b")][..], &[]] {
+    // sent), else from its filter state; the tier from its header, else the
+    // client's.
+    let decided = [("x-ai-model", "llama-70b"), ("x-ai-backend", "vllm-70b"), ("x-ai-tier", "quality"), ("x-model-tier", "fast")];
+    for decision_headers in [&decided[..], &[("x-model-tier", "quality")]] {
         let (host, factory) = setup(CONFIG);
         let mut filter = factory.new_filter();
-        for (key, value) in [(ROUTER_MODEL_PROPERTY, "llama-70b"), (ROUTER_BACKEND_PROPERTY, "vllm-70b"), (ROUTER_TIER_PROPERTY, "quality")] {
+        for (key, value) in [(ROUTER_MODEL_PROPERTY, "llama-70b"), (ROUTER_BACKEND_PROPERTY, "vllm-70b")] {
             host.state().properties.insert(vec![key.to_string()], value.as_bytes().to_vec());
         }
         request(&host, &mut filter, "/v1/chat/completions", decision_headers, STREAM_CHAT);
