@@ -393,6 +393,16 @@ impl Routing {
 
     /// The model id to send to `backend` for a request routed to `group`: its
     /// own target in the group, else in the first fallback group it serves.
+    /// Whether `value` in header `name` is a key this configuration gives a
+    /// backend (as the per-attempt half writes it), not one a client sent.
+    pub fn is_backend_credential(&self, name: &str, value: &str) -> bool {
+        self.backends.values().any(|backend| match (&backend.api_key, backend.provider, name) {
+            (Some(key), Provider::Openai, "authorization") => value.strip_prefix("Bearer ") == Some(key.as_str()),
+            (Some(key), Provider::Anthropic, "x-api-key") => value == key,
+            _ => false,
+        })
+    }
+
     pub fn model_for_backend<'a>(&'a self, group: &'a ModelGroup, backend: &str) -> Option<&'a str> {
         std::iter::once(group)
             .chain(group.fallbacks.iter().filter_map(|f| self.groups.get(f)))

@@ -295,9 +295,13 @@ impl Attempt {
             set(host, HeaderMap::Request, ":authority", Some(authority));
         }
         if backend.api_key.is_none() && self.retrying() {
-            // An earlier try may have put another backend's key here.
-            set(host, HeaderMap::Request, "authorization", None);
-            set(host, HeaderMap::Request, "x-api-key", None);
+            // An earlier try may have put another backend's key here; a key
+            // the client sent for a backend without one of its own stays.
+            for name in ["authorization", "x-api-key"] {
+                if header(host, name).is_some_and(|value| self.routing.is_backend_credential(name, &value)) {
+                    set(host, HeaderMap::Request, name, None);
+                }
+            }
         }
         if let Some(key) = &backend.api_key {
             // The backend's own credential replaces whatever the client sent
@@ -484,7 +488,8 @@ mod tests {
         let headers = [
             (MODEL_HEADER, "llama-70b"),
             (":path", "/v1/messages"),
-            ("x-api-key", "anthropic-secret"),
+            ("authorization", "Bearer sk-secret"),
+            ("x-api-key", "client-own-key"),
             ("x-envoy-attempt-count", "2"),
         ];
         let host = FakeHost::with_request(&headers, body.as_bytes());
@@ -496,8 +501,8 @@ mod tests {
         assert_eq!(filter.on_request_body(&host, body.len(), true), Flow::Continue);
         assert_eq!(host.request_header(":path").as_deref(), Some("/v1/chat/completions"));
         assert_eq!(body_model(&host), "meta-llama/Llama-3.1-70B", "a chat body, not translated");
-        assert_eq!(host.request_header("x-api-key"), None, "the other backend's key is gone");
-        assert_eq!(host.request_header("authorization"), None);
+        assert_eq!(host.request_header("authorization"), None, "the openai backend's key is gone");
+        assert_eq!(host.request_header("x-api-key").as_deref(), Some("client-own-key"), "the client's own key stays");
     }
 
     #[test]
