@@ -75,6 +75,8 @@ fn action(flow: Flow) -> Action {
 
 impl<T: HttpFilter> Context for Stream<T> {
     fn on_done(&mut self) -> bool {
+        // Reports the host-call sums now and then (feature call-timing; a
+        // no-op without it). True: the context may be deleted now.
         crate::call_timing::context_done();
         true
     }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "proxy-wasm")]
-pub mod call_timing;
+mod call_timing;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 #[cfg(feature = "proxy-wasm")]
