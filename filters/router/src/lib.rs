@@ -166,7 +166,7 @@ impl ClientHeaders {
                 ":path" => client.path = value,
                 CLIENT_TIER_HEADER => client.tier = Some(value),
                 MODEL_HEADER | BACKEND_HEADER | TIER_HEADER => client.decision_headers = true,
-                other if other == team_header => client.team = Some(value),
+                other if other.eq_ignore_ascii_case(team_header) => client.team = Some(value),
                 _ => {}
             }
         }
