@@ -123,6 +123,28 @@ def test_fallback_on_503_rewrites_each_attempt(tmp_path):
         gw.stop()
 
 
+def test_a_fallback_after_a_translated_try_speaks_the_clients_api(tmp_path):
+    """An OpenAI client asks for Claude; Anthropic fails and the fallback is
+    OpenAI-compatible. All tries share one header map, so the retry must send
+    the client's chat request, not the path the failed try was rewritten to."""
+    def change(config):
+        failing("anthropic")(config)
+        config["models"]["claude-sonnet-4"]["fallbacks"] = ["gpt-4-turbo"]
+
+    gw = start_gateway(tmp_path / "gw", config=variant_config(tmp_path, change))
+    try:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("claude-sonnet-4"), timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-tollgate-backend"] == "openai"
+        assert r.headers["x-tollgate-attempts"] == "2"
+        assert r.json()["object"] == "chat.completion"
+        assert gw.mock_requests("anthropic")[-1]["path"] == "/v1/messages"
+        sent = gw.mock_requests("openai")[-1]
+        assert (sent["path"], sent["model"]) == ("/v1/chat/completions", "gpt-4-turbo")
+    finally:
+        gw.stop()
+
+
 def test_429_with_retry_after_moves_on_after_waiting(tmp_path):
     config = variant_config(tmp_path, failing("vllm-70b", status="429", extra=["--retry-after", "1"]))
     gw = start_gateway(tmp_path / "gw", config=config)
