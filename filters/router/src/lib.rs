@@ -176,9 +176,10 @@ impl ClientHeaders {
 
 /// The decision as the per-attempt half reads it from [`STATE_HANDOFF`]:
 /// the client's path (every attempt shares one header map, so a rewritten
-/// `:path` is not the client's), the decided group, and the model the
-/// client's body names (a first attempt that changes nothing then need not
-/// hold and re-read the body).
+/// `:path` is not the client's), the decided group (empty when the request
+/// was left to the default route), and the model the client's body names (a
+/// first attempt that changes nothing then need not hold and re-read the
+/// body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
     pub client_path: String,
@@ -207,7 +208,7 @@ impl Downstream {
     fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
         let client = ClientHeaders::read(host, &self.routing.team_header);
         if end_of_stream {
-            return leave_to_default_route(host, client.decision_headers);
+            return leave_to_default_route(host, &client);
         }
         let too_large = client.content_length.is_some_and(|len| len > self.routing.max_body_bytes);
         // Kept for the body's callback: one read of the headers per request.
@@ -250,7 +251,7 @@ impl Downstream {
         let ask = Ask { tier: client.tier.as_deref(), model: summary.model.as_deref(), team: client.team.as_deref() };
         let (group, tier, pinned) = match resolve(&routing, ask) {
             Ok(Resolution::Group { group, tier, pinned }) => (group, tier, pinned),
-            Ok(Resolution::Default) => return leave_to_default_route(host, client.decision_headers),
+            Ok(Resolution::Default) => return leave_to_default_route(host, &client),
             Err(e) => {
                 let (status, error_type, code) = e.status();
                 reply_error(host, status, &e.message(), error_type, code);
@@ -270,14 +271,7 @@ impl Downstream {
                 }
             }
         };
-        let handoff = Handoff {
-            client_path: client.path,
-            group: group.name.clone(),
-            requested_model: summary.model.clone().unwrap_or_default(),
-        };
-        if let Err(e) = host.set_property(&[STATE_HANDOFF], handoff.encode().as_bytes()) {
-            log::warn!("router: {e}");
-        }
+        hand_off(host, Handoff { client_path: client.path, group: group.name.clone(), requested_model: summary.model.clone().unwrap_or_default() });
         let mut decision = vec![(MODEL_HEADER, STATE_MODEL, group.name.as_str()), (BACKEND_HEADER, STATE_BACKEND, backend.as_str())];
         if let Some(tier) = tier {
             decision.push((TIER_HEADER, STATE_TIER, tier));
@@ -316,11 +310,19 @@ impl Downstream {
     }
 }
 
+fn hand_off(host: &dyn Host, handoff: Handoff) {
+    if let Err(e) = host.set_property(&[STATE_HANDOFF], handoff.encode().as_bytes()) {
+        log::warn!("router: {e}");
+    }
+}
+
 /// A request the router leaves undecided goes by the tier header or the
 /// default split: decision headers the client sent itself must not pick a
-/// route (or a backend) for it, so they go, and Envoy routes again.
-fn leave_to_default_route(host: &dyn Host, client_sent_decision_headers: bool) -> Flow {
-    if !client_sent_decision_headers {
+/// route (or a backend) for it, so they go, and Envoy routes again. Its
+/// attempts still get the client's path (with no group).
+fn leave_to_default_route(host: &dyn Host, client: &ClientHeaders) -> Flow {
+    hand_off(host, Handoff { client_path: client.path.clone(), group: String::new(), requested_model: String::new() });
+    if !client.decision_headers {
         return Flow::Continue;
     }
     for name in [MODEL_HEADER, BACKEND_HEADER, TIER_HEADER] {
@@ -402,9 +404,13 @@ mod tests {
 
     #[test]
     fn neither_model_nor_tier_leaves_the_default_route() {
-        let host = route(&[], r#"{"model":"auto","messages":[]}"#);
+        let host = route(&[(":path", "/v1/messages")], r#"{"model":"auto","messages":[]}"#);
         assert_eq!(host.request_header(MODEL_HEADER), None);
         assert_eq!(host.state().route_cache_clears, 0);
+        // Its attempts still learn the client's path, with no group.
+        let handoff = host.state().properties.get(&vec![STATE_HANDOFF.to_string()]).cloned().unwrap();
+        let handoff = Handoff::decode(std::str::from_utf8(&handoff).unwrap()).unwrap();
+        assert_eq!((handoff.client_path.as_str(), handoff.group.as_str()), ("/v1/messages", ""));
     }
 
     #[test]

@@ -20,8 +20,7 @@ pub struct Attempt {
     routing: Rc<Routing>,
     /// Backend this attempt reached, when the endpoint says.
     backend: Option<String>,
-    /// The downstream half's decision (read once); none on a request it
-    /// left to the default route.
+    /// The downstream half's decision (read once).
     handoff: Option<Handoff>,
     attempt: String,
     started: Option<SystemTime>,
@@ -75,7 +74,7 @@ impl Attempt {
         let Some(config) = self.backend_config() else {
             return Flow::Continue;
         };
-        let translating = Direction::between(&self.client_path(host), config.provider).is_some();
+        let translating = Direction::between(self.client_path(), config.provider).is_some();
         if end_of_stream {
             self.rewrite_headers(host);
             return Flow::Continue;
@@ -108,11 +107,8 @@ impl Attempt {
 
     /// The path the client asked for: from the decision, since all tries
     /// share one header map and an earlier try may have rewritten `:path`.
-    fn client_path(&self, host: &dyn Host) -> String {
-        match &self.handoff {
-            Some(handoff) => handoff.client_path.clone(),
-            None => header(host, ":path").unwrap_or_default(),
-        }
+    fn client_path(&self) -> &str {
+        self.handoff.as_ref().map_or("", |handoff| handoff.client_path.as_str())
     }
 
     fn retrying(&self) -> bool {
@@ -242,7 +238,7 @@ impl Attempt {
             .and_then(|group| self.routing.model_for_backend(group, backend))
             .unwrap_or(requested.as_str())
             .to_string();
-        if let Some(direction) = Direction::between(&self.client_path(host), provider) {
+        if let Some(direction) = Direction::between(self.client_path(), provider) {
             let translated = match direction {
                 Direction::ChatToMessages => openai_chat_to_anthropic(body, &target, DEFAULT_MAX_TOKENS),
                 Direction::MessagesToChat => anthropic_to_openai_chat(body, &target),
@@ -264,7 +260,7 @@ impl Attempt {
     fn reply_untranslatable(&self, host: &dyn Host, message: &str) {
         let backend = self.backend.as_deref().unwrap_or_default();
         let body = openai_error_body(&format!("backend {backend} cannot serve this request: {message}"), "invalid_request_error", Some("untranslatable_request"));
-        let client_speaks_anthropic = self.client_path(host).starts_with(crate::translation::ANTHROPIC_MESSAGES_PATH);
+        let client_speaks_anthropic = self.client_path().starts_with(crate::translation::ANTHROPIC_MESSAGES_PATH);
         let body = if client_speaks_anthropic { openai_error_to_anthropic(&body, 400) } else { body };
         if let Err(e) = host.send_local_reply(400, &[("content-type", "application/json")], &body) {
             log::error!("router upstream: {e}");
@@ -283,7 +279,7 @@ impl Attempt {
         } else if !backend.path_prefix.is_empty() || self.retrying() {
             // A retry restates the client's path: an earlier try may have
             // rewritten it for another backend.
-            let path = self.client_path(host);
+            let path = self.client_path();
             if !path.is_empty() {
                 set(host, HeaderMap::Request, ":path", Some(&format!("{}{path}", backend.path_prefix)));
             }
