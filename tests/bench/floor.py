@@ -15,12 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 FLOOR_WASM = ROOT / "target/wasm32-wasip1/release/tollgate_bench_floor.wasm"
 PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-# label → (downstream mode, whether a pass-through also runs once per attempt)
+# label → (downstream mode, mode of a filter run once per attempt or None);
+# the modes are described in tests/bench/floor-filter/src/lib.rs.
 FLOORS = {
-    "floor: pass": ("pass", False),
-    "floor: hold request": ("hold-request", False),
-    "floor: hold request + per-attempt": ("hold-request", True),
-    "floor: hold request + response": ("hold-request-and-response", False),
+    "floor: pass": ("pass", None),
+    "floor: hold request": ("hold-request", None),
+    "floor: hold request + per-attempt": ("hold-request", "pass"),
+    "floor: hold request + response": ("hold-request-and-response", None),
+    "floor: router's least calls": ("router-least-calls", "attempt-least-calls"),
+    "floor: meter's least calls": ("meter-least-calls", None),
 }
 ENVOY_RATELIMIT = "Envoy ratelimit filter"
 
@@ -40,9 +43,9 @@ def connection_managers(bootstrap: dict) -> list[dict]:
             for chain in listener["filter_chains"] for f in chain["filters"] if "http_filters" in f["typed_config"]]
 
 
-def floor_bootstrap(plain: dict, mode: str, per_attempt: bool) -> dict:
+def floor_bootstrap(plain: dict, mode: str, per_attempt: str | None) -> dict:
     """The plain bootstrap with the floor filter first in the HTTP chain
-    (and, with `per_attempt`, first in every cluster's upstream chain)."""
+    (and, with a `per_attempt` mode, first in every cluster's upstream chain)."""
     bootstrap = copy.deepcopy(plain)
     for manager in connection_managers(bootstrap):
         manager["http_filters"].insert(0, wasm_filter("tollgate.bench.floor", mode))
@@ -50,7 +53,7 @@ def floor_bootstrap(plain: dict, mode: str, per_attempt: bool) -> dict:
         for cluster in bootstrap["static_resources"]["clusters"]:
             options = cluster.get("typed_extension_protocol_options", {}).get(PROTOCOL_OPTIONS)
             if options and "http_filters" in options:
-                options["http_filters"].insert(0, wasm_filter("tollgate.bench.floor.upstream", "pass"))
+                options["http_filters"].insert(0, wasm_filter("tollgate.bench.floor.upstream", per_attempt))
     return bootstrap
 
 
