@@ -262,6 +262,28 @@ impl GatewayConfig {
         config.insert("models".into(), serde_json::Value::Object(self.models.clone()));
         config.insert("aliases".into(), serde_json::Value::Object(self.aliases.clone()));
         config.insert("tiers".into(), serde_json::Value::Object(self.tiers.clone()));
+        // The guard's virtual keys with their teams, so a key's team decides
+        // tiers' allowed_teams before the guard (after the router) sets it.
+        if let Some(identity) = self.filters.guard.as_ref().and_then(|g| g.get("identity")) {
+            if let Some(keys) = identity.get("keys").and_then(serde_json::Value::as_array) {
+                let keys = keys
+                    .iter()
+                    .map(|key| {
+                        let mut entry = serde_json::Map::new();
+                        for field in ["sha256", "team"] {
+                            if let Some(value) = key.get(field) {
+                                entry.insert(field.into(), value.clone());
+                            }
+                        }
+                        serde_json::Value::Object(entry)
+                    })
+                    .collect();
+                config.insert("keys".into(), serde_json::Value::Array(keys));
+            }
+            if let Some(headers) = identity.get("key_headers") {
+                config.insert("key_headers".into(), headers.clone());
+            }
+        }
         Ok(serde_json::Value::Object(config))
     }
 
@@ -337,6 +359,11 @@ impl GatewayConfig {
             for derived in ["backends", "models", "aliases", "tiers"] {
                 if router.contains_key(derived) {
                     bail!("filters.router.{derived}: set `{derived}` at the top level; the router's copy is derived from it");
+                }
+            }
+            for derived in ["keys", "key_headers"] {
+                if router.contains_key(derived) {
+                    bail!("filters.router.{derived}: set it in filters.guard.identity; the router's copy is derived from it");
                 }
             }
         }
@@ -440,6 +467,27 @@ filters: {router: {max_body_bytes: 10}}
         assert_eq!(config.key_variables(), ["ANTHROPIC_API_KEY", "TOLLGATE_API_KEY_AZURE"]);
         let twice = yaml.replace("filters: {router: {max_body_bytes: 10}}", "filters: {router: {models: {}}}");
         assert!(parse(&twice).unwrap_err().to_string().contains("filters.router.models"));
+        assert!(router.get("keys").is_none(), "no guard, no keys");
+    }
+
+    #[test]
+    fn the_router_gets_the_guards_virtual_keys_with_their_teams_only() {
+        let yaml = format!(
+            "{MINIMAL}filters:
+  router: {{}}
+  guard:
+    identity:
+      key_headers: [x-api-key]
+      keys: [{{sha256: '{hash}', id: k1, user: alice, team: search}}, {{sha256: '{hash2}', id: k2, user: bob}}]
+",
+            hash = "a".repeat(64),
+            hash2 = "b".repeat(64)
+        );
+        let router = parse(&yaml).unwrap().router_config().unwrap();
+        assert_eq!(router["keys"], serde_json::json!([{"sha256": "a".repeat(64), "team": "search"}, {"sha256": "b".repeat(64)}]));
+        assert_eq!(router["key_headers"], serde_json::json!(["x-api-key"]));
+        let own = yaml.replace("router: {}", "router: {keys: []}");
+        assert!(parse(&own).unwrap_err().to_string().contains("filters.router.keys"));
     }
 
     #[test]

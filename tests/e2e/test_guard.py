@@ -22,7 +22,8 @@ import pytest
 from harness import start_gateway, variant_config
 from ratelimit_support import Stack
 
-ALICE_KEY = "sk-tollgate-demo-alice"  # a demo key of examples/tollgate.yaml
+ALICE_KEY = "sk-tollgate-demo-alice"  # demo keys of examples/tollgate.yaml: alice of team search,
+BOB_KEY = "sk-tollgate-demo-bob"  # bob of team ads
 
 
 def body(model: str = "llama-70b", max_tokens: int = 8, content: str = "Hi") -> dict:
@@ -146,6 +147,32 @@ def test_required_keys_refuse_other_callers_with_401(tmp_path):
         ok = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=ALICE_KEY, max_retries=0)
         assert ok.chat.completions.create(**body()).choices[0].message.content
         assert guard_stats(gw)["tollgate_guard_unauthorized_total"] == 3
+    finally:
+        gw.stop()
+
+
+def test_a_keys_team_decides_a_tier_limited_to_teams_not_the_team_header(tmp_path):
+    """The router checks a tier's allowed_teams before the guard (after it)
+    sets the key's team: it knows the guard's keys, so a key of another team
+    cannot borrow an allowed team's name in the header."""
+    def change(config):
+        config["tiers"]["research"] = {"model": "gpt-4-turbo", "allowed_teams": ["search"]}
+    gw = start_gateway(tmp_path / "gw", config=variant_config(tmp_path, change))
+    try:
+        with httpx.Client(timeout=10) as client:
+            alice = post(client, gw, {"authorization": f"Bearer {ALICE_KEY}", "x-model-tier": "research"})
+            assert alice.status_code == 200, alice.text
+            bob = post(client, gw, {"x-api-key": BOB_KEY, "x-tollgate-team": "search", "x-model-tier": "research"})
+            assert bob.status_code == 403, bob.text
+            assert error(bob)["code"] == "tier_not_allowed"
+            # Without a configured key, the header an authentication layer in front sets.
+            vouched = post(client, gw, {"x-tollgate-team": "search", "x-model-tier": "research"})
+            assert vouched.status_code == 200, vouched.text
+            assert post(client, gw, {"x-model-tier": "research"}).status_code == 403
+        sdk = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=BOB_KEY, max_retries=0,
+                            default_headers={"x-tollgate-team": "search", "x-model-tier": "research"})
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk.chat.completions.create(**body())
     finally:
         gw.stop()
 

@@ -11,3 +11,4 @@ pub mod tokens;
 pub mod translate;
 mod unicode_classes;
 pub mod usage;
+pub mod virtual_keys;

@@ -14,10 +14,10 @@
 //! ```
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tollgate_core::prices::{Price, PriceConfig};
+use tollgate_core::virtual_keys::parse_key_hash;
 use tollgate_host::ConfigError;
 use tollgate_ratelimit_proto::Unit;
 
@@ -405,28 +405,6 @@ fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     Ok(name.to_ascii_lowercase())
 }
 
-fn parse_hash(field: &str, hex: &str) -> Result<[u8; 32], ConfigError> {
-    let hex = hex.trim().to_ascii_lowercase();
-    if hex.len() != 64 {
-        return Err(err(field, "must be 64 hex digits (the SHA-256 of the key)"));
-    }
-    let mut out = [0u8; 32];
-    for (i, slot) in out.iter_mut().enumerate() {
-        let pair = hex.get(2 * i..2 * i + 2).ok_or_else(|| err(field, "must be 64 hex digits"))?;
-        *slot = u8::from_str_radix(pair, 16).map_err(|_| err(field, format!("`{pair}` is not hex")))?;
-    }
-    Ok(out)
-}
-
-/// SHA-256 of a key.
-pub fn key_hash(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl GuardConfig {
     pub fn compile(self) -> Result<Compiled, ConfigError> {
         check_name("domain", &self.domain)?;
@@ -590,7 +568,7 @@ impl IdentityConfig {
         let mut ids = HashSet::new();
         for (i, key) in self.keys.into_iter().enumerate() {
             let field = format!("identity.keys.{i}");
-            let hash = parse_hash(&format!("{field}.sha256"), &key.sha256)?;
+            let hash = parse_key_hash(&format!("{field}.sha256"), &key.sha256)?;
             check_name(&format!("{field}.id"), &key.id)?;
             if !ids.insert(key.id.clone()) {
                 return Err(err(format!("{field}.id"), format!("`{}` is used twice", key.id)));

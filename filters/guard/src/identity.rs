@@ -1,7 +1,8 @@
 //! Who is calling: a configured (virtual) key, else the identity headers an
 //! authentication filter in front sets.
 
-use crate::config::{hex, key_hash, Identity};
+use crate::config::Identity;
+use tollgate_core::virtual_keys::{hex, key_hash, presented_key};
 
 /// Longest descriptor value taken from a header as it is; longer values are
 /// replaced by a hash (they become parts of counter keys).
@@ -28,21 +29,6 @@ pub enum Identified {
     UnknownKey,
 }
 
-/// The key in a header value: `Bearer ` dropped from `authorization`.
-fn key_in(header: &str, value: &str) -> Option<String> {
-    let value = value.trim();
-    let key = if header == "authorization" {
-        let (scheme, rest) = value.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        rest.trim()
-    } else {
-        value
-    };
-    (!key.is_empty()).then(|| key.to_string())
-}
-
 /// A header value fit for a descriptor: trimmed, non-empty, long ones hashed.
 pub fn descriptor_value(value: &str) -> Option<String> {
     let value = value.trim();
@@ -59,7 +45,7 @@ pub fn identify(identity: &Identity, header: &dyn Fn(&str) -> Option<String>) ->
     let presented = identity
         .key_headers
         .iter()
-        .find_map(|name| header(name).and_then(|value| key_in(name, &value)).map(|key| (name.clone(), key)));
+        .find_map(|name| header(name).and_then(|value| presented_key(name, &value).map(str::to_string)).map(|key| (name.clone(), key)));
     if let Some((name, key)) = &presented {
         let hash = key_hash(key);
         if let Some(info) = identity.keys.get(&hash) {

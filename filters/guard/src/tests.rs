@@ -23,7 +23,7 @@ fn config() -> String {
         ],
         "prices": {{"gpt-4-turbo": {{"input": 10, "output": 30}}, "llama-70b": {{"input": 0.59, "output": 0.79}}}}
     }}"#,
-        config::hex(&config::key_hash(ALICE_KEY))
+        tollgate_core::virtual_keys::hex(&tollgate_core::virtual_keys::key_hash(ALICE_KEY))
     )
 }
 

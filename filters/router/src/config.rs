@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use tollgate_core::virtual_keys::parse_key_hash;
 use tollgate_host::ConfigError;
 
 const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -19,6 +20,15 @@ pub struct RouterConfig {
     /// layer in front (never trust it from clients without one).
     #[serde(default = "default_team_header")]
     pub team_header: String,
+    /// Virtual keys and their teams (`tollgate render` copies the guard's
+    /// `identity.keys`): a request presenting one is of that key's team for
+    /// tiers' `allowed_teams`, whatever `team_header` says. The guard, which
+    /// runs after the router, gives the same key the same team.
+    #[serde(default)]
+    pub keys: Vec<TeamKey>,
+    /// Headers carrying a virtual key, the first present wins (as the guard's).
+    #[serde(default = "default_key_headers")]
+    pub key_headers: Vec<String>,
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
     /// Public model name → the group of backends serving it.
@@ -42,6 +52,20 @@ fn default_max_body_bytes() -> usize {
 
 fn default_team_header() -> String {
     "x-tollgate-team".to_string()
+}
+
+fn default_key_headers() -> Vec<String> {
+    vec!["authorization".into(), "x-api-key".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamKey {
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// The key's team; none: a key of no team, allowed only on open tiers.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +252,9 @@ impl fmt::Debug for Backend {
 pub struct Routing {
     pub max_body_bytes: usize,
     pub team_header: String,
+    /// SHA-256 of a virtual key → its team.
+    pub key_teams: HashMap<[u8; 32], Option<String>>,
+    pub key_headers: Vec<String>,
     pub backends: HashMap<String, Backend>,
     pub groups: HashMap<String, ModelGroup>,
     pub aliases: HashMap<String, String>,
@@ -349,10 +376,19 @@ impl Routing {
         if config.cooldown.failures == 0 {
             return Err(ConfigError::new("cooldown.failures", "must be at least 1"));
         }
+        let mut key_teams = HashMap::new();
+        for (i, key) in config.keys.into_iter().enumerate() {
+            let hash = parse_key_hash(&format!("keys.{i}.sha256"), &key.sha256)?;
+            if key_teams.insert(hash, key.team).is_some() {
+                return Err(ConfigError::new(format!("keys.{i}.sha256"), "the same key is configured twice"));
+            }
+        }
 
         Ok(Self {
             max_body_bytes: config.max_body_bytes,
             team_header: config.team_header.to_ascii_lowercase(),
+            key_teams,
+            key_headers: config.key_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             backends,
             groups,
             aliases: config.aliases.into_iter().collect(),

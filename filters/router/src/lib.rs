@@ -22,6 +22,7 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 use tollgate_core::errors::openai_error_body;
 use tollgate_core::request::{summarize, BodyError};
+use tollgate_core::virtual_keys::{key_hash, presented_key};
 use tollgate_host::{BodyBuffer, ConfigError, FilterFactory, Flow, HeaderMap, Host, HttpFilter};
 
 /// Root id of the per-attempt (upstream) half of the router.
@@ -146,12 +147,14 @@ struct ClientHeaders {
     path: String,
     tier: Option<String>,
     team: Option<String>,
+    /// Headers that may carry a virtual key (read only when keys are configured).
+    key_headers: Vec<(String, String)>,
     /// Whether the client sent any of the decision headers itself.
     decision_headers: bool,
 }
 
 impl ClientHeaders {
-    fn read(host: &dyn Host, team_header: &str) -> Self {
+    fn read(host: &dyn Host, routing: &Routing) -> Self {
         let pairs = match host.headers(HeaderMap::Request) {
             Ok(pairs) => pairs,
             Err(e) => {
@@ -166,11 +169,33 @@ impl ClientHeaders {
                 ":path" => client.path = value,
                 CLIENT_TIER_HEADER => client.tier = Some(value),
                 MODEL_HEADER | BACKEND_HEADER | TIER_HEADER => client.decision_headers = true,
-                other if other.eq_ignore_ascii_case(team_header) => client.team = Some(value),
+                other if other.eq_ignore_ascii_case(&routing.team_header) => client.team = Some(value),
+                other if !routing.key_teams.is_empty() && routing.key_headers.iter().any(|h| other.eq_ignore_ascii_case(h)) => {
+                    client.key_headers.push((other.to_ascii_lowercase(), value));
+                }
                 _ => {}
             }
         }
         client
+    }
+
+    /// The caller's team, for a tier that limits its teams (`None` for any
+    /// other: a key is hashed only when it matters). A configured virtual
+    /// key decides, as it does in the guard: the team header is the
+    /// client's word until the guard replaces it after routing.
+    fn team_for_tier<'a>(&'a self, routing: &'a Routing) -> Option<&'a str> {
+        let limited = self.tier.as_deref().and_then(|tier| routing.tiers.get(tier)).is_some_and(|t| !t.allowed_teams.is_empty());
+        if !limited {
+            return None;
+        }
+        let presented = routing.key_headers.iter().find_map(|name| {
+            let (_, value) = self.key_headers.iter().find(|(header, _)| header == name)?;
+            presented_key(name, value)
+        });
+        if let Some(team) = presented.and_then(|key| routing.key_teams.get(&key_hash(key))) {
+            return team.as_deref();
+        }
+        self.team.as_deref()
     }
 }
 
@@ -206,7 +231,7 @@ impl Handoff {
 
 impl Downstream {
     fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
-        let client = ClientHeaders::read(host, &self.routing.team_header);
+        let client = ClientHeaders::read(host, &self.routing);
         if end_of_stream {
             return leave_to_default_route(host, &client);
         }
@@ -247,8 +272,9 @@ impl Downstream {
             }
         };
         let routing = Rc::clone(&self.routing);
-        let client = self.client.take().unwrap_or_else(|| ClientHeaders::read(host, &routing.team_header));
-        let ask = Ask { tier: client.tier.as_deref(), model: summary.model.as_deref(), team: client.team.as_deref() };
+        let client = self.client.take().unwrap_or_else(|| ClientHeaders::read(host, &routing));
+        let team = client.team_for_tier(&routing).map(str::to_owned);
+        let ask = Ask { tier: client.tier.as_deref(), model: summary.model.as_deref(), team: team.as_deref() };
         let (group, tier, pinned) = match resolve(&routing, ask) {
             Ok(Resolution::Group { group, tier, pinned }) => (group, tier, pinned),
             Ok(Resolution::Default) => return leave_to_default_route(host, &client),
@@ -451,6 +477,44 @@ mod tests {
             assert_eq!(json["error"]["code"], code);
             assert_eq!(host.request_header(MODEL_HEADER), None);
         }
+    }
+
+    #[test]
+    fn a_virtual_keys_team_decides_a_tiers_access_over_the_team_header() {
+        let hash = |key: &str| tollgate_core::virtual_keys::hex(&key_hash(key));
+        let config: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+        let mut config = config.as_object().unwrap().clone();
+        config.insert(
+            "keys".into(),
+            serde_json::json!([{"sha256": hash("sk-research"), "team": "research"},
+                               {"sha256": hash("sk-sales"), "team": "sales"},
+                               {"sha256": hash("sk-teamless")}]),
+        );
+        let config = serde_json::to_vec(&config).unwrap();
+        std::env::set_var("TEST_OPENAI_KEY", "sk-secret");
+        let factory = RouterFactory::configure(&FakeHost::new(), "tollgate.router", &config).unwrap();
+        let status = |headers: &[(&str, &str)]| {
+            let mut headers = headers.to_vec();
+            headers.push((CLIENT_TIER_HEADER, "vip"));
+            let host = FakeHost::with_request(&headers, b"{}");
+            let mut filter = factory.new_filter();
+            filter.on_request_headers(&host, false);
+            filter.on_request_body(&host, 2, true);
+            let reply = host.state().local_reply.clone();
+            reply.map_or(200, |r| r.status)
+        };
+        // A key of another team cannot borrow an allowed team's name.
+        assert_eq!(status(&[("authorization", "Bearer sk-sales"), ("x-tollgate-team", "research")]), 403);
+        assert_eq!(status(&[("x-api-key", "sk-sales"), ("x-tollgate-team", "research")]), 403);
+        assert_eq!(status(&[("authorization", "Bearer sk-teamless"), ("x-tollgate-team", "research")]), 403);
+        // The key's own team is enough, without the header.
+        assert_eq!(status(&[("authorization", "Bearer sk-research")]), 200);
+        assert_eq!(status(&[("authorization", "Basic eA=="), ("x-api-key", "sk-research")]), 200, "the first key presented");
+        // Without a configured key, the header an authentication layer sets.
+        assert_eq!(status(&[("authorization", "Bearer sk-provider"), ("x-tollgate-team", "research")]), 200);
+        assert_eq!(status(&[("x-tollgate-team", "sales")]), 403);
+        let e = RouterFactory::configure(&FakeHost::new(), "r", br#"{"keys": [{"sha256": "abc"}]}"#).err().unwrap();
+        assert_eq!(e.field, "keys.0.sha256");
     }
 
     #[test]
