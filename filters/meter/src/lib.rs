@@ -34,6 +34,7 @@ use tollgate_core::prices::format_dollars;
 use tollgate_core::sse::Parser;
 use tollgate_core::tokens::{CountTokens, Encoding, RequestBody};
 use tollgate_core::usage::{parse_body, usage_in_tail, Api, StreamUsage, Usage};
+use tollgate_core::virtual_keys::presented_key;
 use tollgate_host::{BodyBuffer, ConfigError, FilterFactory, Flow, HeaderMap, Host, HttpFilter};
 use tokenizer::Tiktoken;
 
@@ -830,10 +831,12 @@ impl MeterFilter {
         let tier = headers.owned(&config.decided_tier_header).or_else(|| headers.owned(&config.tier_header));
         self.tier = config.tier(tier.as_deref());
         self.team_at_request = headers.owned(&config.team_header);
-        self.key_id = config.key_headers.iter().find_map(|name| headers.get(name)).map(|key| {
-            let key = key.strip_prefix("Bearer ").or_else(|| key.strip_prefix("bearer ")).unwrap_or(key);
-            key_id(&config.key_id_salt, key.trim())
-        });
+        // The key as the guard finds it, so both name one key alike.
+        self.key_id = config
+            .key_headers
+            .iter()
+            .find_map(|name| headers.get(name).and_then(|value| presented_key(name, value)))
+            .map(|key| key_id(&config.key_id_salt, key));
         // The router, before the meter, has decided these already, and said
         // so in the headers the meter has just read (it drops any a client
         // sent), so its filter state costs a host call only without them.

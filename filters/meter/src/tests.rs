@@ -244,6 +244,17 @@ fn openai_json_usage_prices_and_headers() {
     let id = log_field(&host, "key_id").unwrap();
     assert_eq!(id, key_id("", "sk-secret"));
     assert_eq!(id.len(), 16);
+    for (header, value, expected) in [
+        ("authorization", "BEARER  sk-secret ", Some(key_id("", "sk-secret"))),
+        ("authorization", "Basic c2stc2VjcmV0", None),
+        ("x-api-key", " sk-secret", Some(key_id("", "sk-secret"))),
+    ] {
+        let (host, factory) = setup(CONFIG);
+        let mut filter = factory.new_filter();
+        request(&host, &mut filter, "/v1/chat/completions", &[(header, value)], CHAT);
+        respond(&host, &mut filter, &[(":status", "200"), ("content-type", "application/json")], &[br#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#]);
+        assert_eq!(log_field(&host, "key_id"), expected, "{header}: {value}");
+    }
     assert!(!host.state().properties.values().any(|v| v.windows(9).any(|w| w == b"sk-secret")), "the key never leaves raw");
 }
 
