@@ -298,6 +298,13 @@ fn cluster(name: &str, order: &[&str], config: &GatewayConfig, options: &RenderO
         cluster["health_checks"] = json!([{
             "timeout": "2s",
             "interval": format!("{}s", config.health_check.interval_seconds),
+            "unhealthy_interval": format!("{}s", config.health_check.unhealthy_interval_seconds),
+            // Until a cluster has carried traffic, Envoy checks it at
+            // no_traffic_interval (60 s by default), which overrides the two
+            // above: a gateway just started would wait that long to take
+            // back an endpoint whose first check failed.
+            "no_traffic_interval": format!("{}s", config.health_check.unhealthy_interval_seconds),
+            "no_traffic_healthy_interval": format!("{}s", config.health_check.interval_seconds),
             "unhealthy_threshold": config.health_check.unhealthy_threshold,
             "healthy_threshold": 1,
             "http_health_check": {"path": path}
@@ -609,6 +616,9 @@ filters: {router: {max_body_bytes: 1000}, meter: {}}
         assert_eq!(upstream[1]["name"], "envoy.filters.http.upstream_codec");
         assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["http_health_check"]["path"], "/healthz");
         assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["unhealthy_threshold"], 3);
+        assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["unhealthy_interval"], "5s");
+        assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["no_traffic_interval"], "5s");
+        assert_eq!(cluster(&b, "vllm-8b")["health_checks"][0]["no_traffic_healthy_interval"], "30s");
         assert!(cluster(&b, "vllm-70b").get("health_checks").is_none());
         let mixed = cluster(&b, "llama-3_1-70b~nim-70b");
         assert_eq!(mixed["transport_socket_matches"][0]["match"], json!({"sni": "api.openai.com"}));

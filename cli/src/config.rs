@@ -164,11 +164,21 @@ pub struct HealthCheck {
     pub interval_seconds: u64,
     /// Failed checks in a row before an endpoint is taken out.
     pub unhealthy_threshold: u32,
+    /// How often an endpoint that is out is checked again (Envoy's
+    /// `unhealthy_interval`): a check that timed out while Envoy's main thread
+    /// was busy (loading the wasm modules at start) costs seconds of
+    /// misrouting, not a whole interval.
+    #[serde(default = "default_unhealthy_interval_seconds")]
+    pub unhealthy_interval_seconds: u64,
+}
+
+fn default_unhealthy_interval_seconds() -> u64 {
+    5
 }
 
 impl Default for HealthCheck {
     fn default() -> Self {
-        Self { interval_seconds: 30, unhealthy_threshold: 3 }
+        Self { interval_seconds: 30, unhealthy_threshold: 3, unhealthy_interval_seconds: default_unhealthy_interval_seconds() }
     }
 }
 
@@ -337,6 +347,12 @@ impl GatewayConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        let check = &self.health_check;
+        for (field, seconds) in [("interval_seconds", check.interval_seconds), ("unhealthy_interval_seconds", check.unhealthy_interval_seconds)] {
+            if seconds == 0 {
+                bail!("health_check.{field}: must be at least 1");
+            }
+        }
         let mut names = BTreeSet::new();
         for backend in &self.backends {
             if backend.name.is_empty() || !backend.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
@@ -416,6 +432,9 @@ default_route: [{backend: a, weight: 1}]
         assert_eq!(config.listen, "127.0.0.1:10000");
         assert_eq!(config.retry.num_retries, 2);
         assert!(config.filters.router.is_none());
+        assert_eq!(config.health_check.unhealthy_interval_seconds, 5);
+        let zero = format!("{MINIMAL}health_check: {{interval_seconds: 30, unhealthy_threshold: 3, unhealthy_interval_seconds: 0}}\n");
+        assert!(parse(&zero).unwrap_err().to_string().contains("health_check.unhealthy_interval_seconds"));
     }
 
     #[test]

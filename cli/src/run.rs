@@ -103,6 +103,29 @@ fn wait_until_ready(admin: &str, envoy: &mut Process, timeout: Duration) -> Resu
     }
 }
 
+/// Waits, up to `timeout`, until every actively health-checked endpoint has
+/// passed a check, and returns those that have not. Envoy runs the first
+/// checks while its main thread loads the wasm modules; one that times out
+/// then leaves its endpoint out until it is checked again, and requests go
+/// down the fallback chain meanwhile.
+fn wait_until_healthy(admin: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let failing: Vec<String> = match http_get(admin, "/clusters") {
+            Ok((200, body)) => body
+                .lines()
+                .filter(|line| line.contains("::health_flags::") && line.contains("failed_active_hc"))
+                .filter_map(|line| line.split("::health_flags::").next().map(|host| host.replace("::", " ")))
+                .collect(),
+            _ => vec!["(the admin interface did not answer)".to_string()],
+        };
+        if failing.is_empty() || Instant::now() > deadline {
+            return failing;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn listener_port(admin: &str) -> Result<u16> {
     let (_, body) = http_get(admin, "/listeners?format=json")?;
     let listeners: serde_json::Value = serde_json::from_str(&body).context("parsing /listeners")?;
@@ -227,6 +250,11 @@ fn start_and_wait(
     let envoy_pid = envoy.child.id();
     processes.push(envoy);
     ready.with_context(|| format!("see {}", run_dir.join("envoy.log").display()))?;
+    let recheck = Duration::from_secs(config.health_check.unhealthy_interval_seconds);
+    let failing = wait_until_healthy(&admin_address, recheck + Duration::from_secs(5));
+    if !failing.is_empty() {
+        eprintln!("tollgate: endpoints failing their health check (requests go down the fallback chain): {}", failing.join(", "));
+    }
     let port = listener_port(&admin_address)?;
     let gateway_url = format!("http://{}", with_port(&listen, port));
     let admin_url = format!("http://{admin_address}");
