@@ -110,7 +110,7 @@ $(OHA):
 bench: build envoy $(OHA)
 	cargo build --release --target $(WASM_TARGET) -p tollgate-bench-floor
 	cargo build --profile call-timing --target $(WASM_TARGET) $(WASM_CRATES) --features call-timing
-	$(PYTHON) tests/bench/bench.py --oha $(OHA) --out bench-results.md
+	$(PYTHON) tests/bench/bench.py --oha $(OHA) --out bench-results.md $(BENCH_ARGS)
 
 clean:
 	cargo clean

@@ -120,8 +120,8 @@ def main() -> int:
     parser.add_argument("--oha", default=".tools/bin/oha")
     parser.add_argument("--out", default="bench-results.md")
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="16")
     parser.add_argument("--stream-requests", type=int, default=300,
                         help="streamed requests per target for the time-to-first-byte table (0: skip)")
     args = parser.parse_args()
